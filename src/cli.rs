@@ -1,0 +1,142 @@
+//! The command line: `serve`, `check`, `demo` and `ctl`.
+//!
+//! Each subcommand is a function returning the process exit code; errors are rendered here, once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pingora::server::RunArgs;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::demo::{self, DemoBackends};
+use crate::server::{RunMode, Switchyard};
+
+/// switchyard: a reverse proxy for blue/green and canary deploys.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file: print every error, exit 0 if there is none, 1 otherwise.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo on loopback: two demo pools and the proxy on 127.0.0.1:8080.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = demo::DEMO_LISTEN)]
+        listen: String,
+        /// Where the demo serves /metrics.
+        #[arg(long, default_value = demo::DEMO_METRICS)]
+        metrics: String,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(&config),
+        Command::Demo { listen, metrics } => run_demo(&listen, &metrics),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("{}: ok: {}", path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error(s); nothing was started",
+                path.display(),
+                errors.0.len()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    crate::logging::init();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error(s); refusing to start (run `switchyard check -c {}` after fixing)",
+                path.display(),
+                errors.0.len(),
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match Switchyard::build(config, RunMode::process()) {
+        Ok(app) => {
+            app.run(RunArgs::default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_demo(listen: &str, metrics: &str) -> ExitCode {
+    crate::logging::init();
+    let dir = match tempfile::Builder::new()
+        .prefix("switchyard-demo-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("cannot create a temporary directory for the demo: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let backends = match DemoBackends::bind(&["blue", "green"]) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("cannot start the demo backends on loopback: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let toml = backends.config_toml(listen, metrics, dir.path());
+    let config = match Config::parse(&toml, "<demo>") {
+        Ok(c) => c,
+        Err(e) => {
+            // The demo config is generated; an error here is a bug, and worth showing in full.
+            tracing::error!("the generated demo configuration is invalid:\n{e}\n{toml}");
+            return ExitCode::from(1);
+        }
+    };
+    let banner = demo::banner(listen, &config.admin.socket, &backends.pools);
+    let mut app = match Switchyard::build(config, RunMode::process()) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    app.add_background("demo backends", backends);
+    println!("{banner}");
+    app.run(RunArgs::default());
+    drop(dir);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,147 @@
+//! Small HTTP/1.1 servers on hyper: the admin API, the metrics endpoint and the demo backends.
+//!
+//! These are not on the proxy's request path, so they use hyper rather than pingora's `ServeHttp`,
+//! for two reasons: we bind their sockets ourselves before the server starts (a bind failure is a
+//! clean start-up error, not a panic in a service task that leaves the process running without an
+//! admin socket, pingora#667), and tokio's `UnixStream` gives the peer's uid (SO_PEERCRED), which
+//! the audit trail records as the actor of a change.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+/// A client that sends its headers slower than this is cut (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound listening socket, TCP or unix.
+pub enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Listener {
+    /// Binds a TCP listener now, so the caller learns of a busy port before anything starts.
+    pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<Listener> {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(Listener::Tcp(l))
+    }
+
+    /// The bound TCP address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+}
+
+/// Who is on the other end of an admin connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    /// The peer's uid, on a unix socket.
+    pub uid: Option<u32>,
+    /// The peer's address, on TCP.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Serves `handler` on `listener` until `shutdown` turns true. Must run inside a tokio runtime.
+pub async fn serve<H, F, B>(listener: Listener, handler: H, mut shutdown: watch::Receiver<bool>)
+where
+    H: Fn(Request<Incoming>, Peer) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handler = Arc::new(handler);
+    enum L {
+        Tcp(tokio::net::TcpListener),
+        Unix(tokio::net::UnixListener),
+    }
+    let listener = match listener {
+        Listener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(L::Tcp),
+        Listener::Unix(l) => tokio::net::UnixListener::from_std(l).map(L::Unix),
+    };
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot register listener with the runtime: {e}");
+            return;
+        }
+    };
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = async {
+                match &listener {
+                    L::Tcp(l) => l.accept().await.map(|(s, addr)| {
+                        let _ = s.set_nodelay(true);
+                        (Box::new(s) as Box<dyn Io>, Peer { uid: None, addr: Some(addr) })
+                    }),
+                    L::Unix(l) => l.accept().await.map(|(s, _)| {
+                        let uid = s.peer_cred().ok().map(|c| c.uid());
+                        (Box::new(s) as Box<dyn Io>, Peer { uid, addr: None })
+                    }),
+                }
+            } => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// A stream hyper can serve.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A plain-text response.
+pub fn text(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+/// A JSON response.
+pub fn json(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,17 @@
+//! switchyard: a reverse proxy for blue/green and canary deploys, built on pingora.
+//!
+//! The binary (`src/main.rs`) only parses the command line; everything it runs lives here, so the
+//! integration tests build the very same server. Start reading at [`server`] (how the pieces are
+//! put together) and [`proxy`] (what happens to a request).
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod httpd;
+pub mod logging;
+pub mod pools;
+pub mod proxy;
+pub mod routing;
+pub mod server;

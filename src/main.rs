@@ -1,0 +1,7 @@
+//! The `switchyard` binary: parse the command line, hand it to the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    switchyard::cli::run(switchyard::cli::Cli::parse())
+}

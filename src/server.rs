@@ -1,0 +1,273 @@
+//! Assembles a running switchyard from a validated [`Config`]: the pingora server, the proxy
+//! service, and the background services around it.
+//!
+//! Everything that can fail at start-up is done in [`Switchyard::build`], before pingora runs, so a
+//! busy port or an unusable directory ends the process with one clear message and a non-zero exit
+//! (pingora alone panics in the service task and keeps running without the listener, pingora#667).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::config::Config;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::routing::{RouteState, Switchboard};
+
+/// Why switchyard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot listen on {addr}: {source}; is another process using it? \
+         (`ss -ltnp 'sport = :{port}'` shows which) — change [listen] or stop that process",
+        port = addr.port()
+    )]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot create directory {path}: {source}; create it or point the config elsewhere")]
+    Dir { path: PathBuf, source: io::Error },
+}
+
+/// How the process behaves around the server; the binary and the tests differ here.
+#[derive(Debug, Clone)]
+pub struct RunMode {
+    /// After SIGTERM, exit as soon as no request is in flight instead of sleeping out the whole
+    /// grace period (pingora always sleeps it in full). Only for a process of its own.
+    pub exit_when_drained: bool,
+    /// Check shortly after start that every proxy listener accepts connections, and exit(1) if
+    /// one does not. Only for a process of its own.
+    pub probe_listeners: bool,
+}
+
+impl RunMode {
+    /// The mode of `switchyard serve` and `demo`.
+    pub fn process() -> RunMode {
+        RunMode {
+            exit_when_drained: true,
+            probe_listeners: true,
+        }
+    }
+
+    /// The mode of an in-process server in tests.
+    pub fn embedded() -> RunMode {
+        RunMode {
+            exit_when_drained: false,
+            probe_listeners: false,
+        }
+    }
+}
+
+/// A built, not yet running, switchyard.
+pub struct Switchyard {
+    server: Server,
+    switchboard: Arc<Switchboard>,
+    config: Arc<Config>,
+}
+
+impl Switchyard {
+    /// Checks the environment and builds every service. Nothing listens until [`Switchyard::run`].
+    pub fn build(config: Config, mode: RunMode) -> Result<Switchyard, StartError> {
+        for &addr in &config.listen {
+            // Fail now on a busy port rather than inside pingora's service task.
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
+        }
+        let run_dir = config
+            .admin
+            .socket
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        create_dir(&run_dir)?;
+        create_dir(&config.state.dir)?;
+
+        let initial = RouteState {
+            primary: config.routing.initial_primary,
+            canary_bp: 0,
+            generation: 0,
+        };
+        let switchboard = Arc::new(Switchboard::new(&config, initial));
+
+        let mut conf = ServerConf {
+            threads: config.server.threads,
+            grace_period_seconds: Some(config.shutdown.grace_period.as_secs_f64().ceil() as u64),
+            graceful_shutdown_timeout_seconds: Some(1),
+            // Keep pingora's own files out of world-writable /tmp (reliability-anchors B3).
+            pid_file: run_dir.join("switchyard.pid").display().to_string(),
+            upgrade_sock: run_dir.join("upgrade.sock").display().to_string(),
+            ..ServerConf::default()
+        };
+        conf.daemon = false;
+        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        server.bootstrap();
+
+        let proxy = Proxy::new(switchboard.clone(), ProxySettings::from_config(&config));
+        let mut proxy_service =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
+        for addr in &config.listen {
+            proxy_service.add_tcp(&addr.to_string());
+        }
+        server.add_service(proxy_service);
+
+        if mode.exit_when_drained {
+            let drain = DrainWatcher {
+                switchboard: switchboard.clone(),
+                grace: config.shutdown.grace_period,
+            };
+            add_background(&mut server, "drain", drain);
+        }
+        if mode.probe_listeners {
+            add_background(
+                &mut server,
+                "listener probe",
+                ListenerProbe {
+                    addrs: config.listen.clone(),
+                },
+            );
+        }
+
+        Ok(Switchyard {
+            server,
+            switchboard,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The routing state shared by the proxy and the admin API.
+    pub fn switchboard(&self) -> Arc<Switchboard> {
+        self.switchboard.clone()
+    }
+
+    /// The configuration this instance runs.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.clone()
+    }
+
+    /// Adds a background service (e.g. the demo backends) to run alongside the proxy.
+    pub fn add_background<T>(&mut self, name: &str, task: T)
+    where
+        T: BackgroundService + Send + Sync + 'static,
+    {
+        add_background(&mut self.server, name, task);
+    }
+
+    /// Runs until the shutdown signal; returns once the runtimes have stopped.
+    pub fn run(self, args: RunArgs) {
+        let c = &self.config;
+        tracing::info!(
+            "switchyard {} listening on {}; primary pool {}; admin socket {}",
+            env!("CARGO_PKG_VERSION"),
+            c.listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.switchboard.pool_names()[self.switchboard.state().primary],
+            c.admin.socket.display(),
+        );
+        self.server.run(args);
+    }
+}
+
+fn add_background<T>(server: &mut Server, name: &str, task: T)
+where
+    T: BackgroundService + Send + Sync + 'static,
+{
+    let mut svc = background_service(name, task);
+    svc.threads = Some(1);
+    server.add_service(svc);
+}
+
+fn create_dir(path: &std::path::Path) -> Result<(), StartError> {
+    std::fs::create_dir_all(path).map_err(|source| StartError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// After the shutdown broadcast, exits the process as soon as no request is in flight, or when the
+/// grace period is over, whichever is first.
+struct DrainWatcher {
+    switchboard: Arc<Switchboard>,
+    grace: Duration,
+}
+
+/// How often the drain watcher looks at the in-flight count.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+#[async_trait]
+impl BackgroundService for DrainWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let deadline = Instant::now() + self.grace;
+        let inflight = || {
+            let t = self.switchboard.load();
+            t.pools.iter().map(|p| p.inflight()).sum::<usize>()
+        };
+        tracing::info!(
+            "shutting down: no longer accepting; {} request(s) in flight, grace period {:?}",
+            inflight(),
+            self.grace
+        );
+        loop {
+            let n = inflight();
+            if n == 0 {
+                tracing::info!("all requests finished; exiting");
+                std::process::exit(0);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("grace period over with {n} request(s) still in flight; exiting");
+                std::process::exit(0);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+}
+
+/// Checks that every proxy listener accepts connections shortly after start.
+struct ListenerProbe {
+    addrs: Vec<SocketAddr>,
+}
+
+/// How long the listeners get to come up before the process gives up.
+const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
+#[async_trait]
+impl BackgroundService for ListenerProbe {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let deadline = Instant::now() + PROBE_DEADLINE;
+        for &addr in &self.addrs {
+            // A wildcard address is probed through loopback.
+            let target = match addr {
+                SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                    SocketAddr::from(([127, 0, 0, 1], a.port()))
+                }
+                SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+                }
+                a => a,
+            };
+            loop {
+                if tokio::net::TcpStream::connect(target).await.is_ok() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::error!(
+                        "listener {addr} did not come up within {PROBE_DEADLINE:?}; exiting"
+                    );
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

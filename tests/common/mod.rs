@@ -1,0 +1,417 @@
+//! Test harness: real upstream servers on ephemeral ports, a real switchyard started in-process
+//! from a TOML string with its own temporary directory, and a small HTTP client.
+//!
+//! Readiness is always polled with a deadline, never slept for.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Request, Response};
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use switchyard::config::Config;
+use switchyard::httpd::{self, Listener};
+use switchyard::routing::Switchboard;
+use switchyard::server::{RunMode, Switchyard};
+
+/// How long anything in a test may take to become ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Polls `f` until it returns `Some`, or panics after `deadline` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A port that was free a moment ago. Only for the proxy's own listener, which pingora binds by
+/// address (it cannot report the port it got for port 0, pingora#988); upstreams bind port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A response body sent as separate chunks, so hyper frames it with `Transfer-Encoding: chunked`.
+pub struct Chunks(VecDeque<Bytes>);
+
+impl Chunks {
+    pub fn new(chunks: Vec<Bytes>) -> Chunks {
+        Chunks(chunks.into())
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::default()
+    }
+}
+
+/// Either body a test upstream answers with.
+pub type AnyBody = http_body_util::Either<Full<Bytes>, Chunks>;
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP/1.1 upstream on an ephemeral loopback port, answering with its name.
+///
+/// Paths: `/` (and anything else) answers the name; `/echo` answers the request body;
+/// `/bytes/N` answers N bytes; `/chunked/N` answers N bytes in 16 KiB chunks without a length;
+/// `/status/N` answers status N; `/slow/MS` answers after MS milliseconds; `/healthz` answers ok.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Upstream {
+    /// Starts an upstream on the current tokio runtime.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (n, h, s) = (name.to_string(), hits.clone(), seen.clone());
+        tokio::spawn(httpd::serve(
+            listener,
+            move |req, _peer| upstream_handler(n.clone(), h.clone(), s.clone(), req),
+            rx,
+        ));
+        Upstream {
+            name: name.to_string(),
+            addr,
+            hits,
+            seen,
+            shutdown: tx,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn full(status: u16, body: impl Into<Bytes>) -> Response<AnyBody> {
+    Response::builder()
+        .status(status)
+        .body(http_body_util::Either::Left(Full::new(body.into())))
+        .unwrap()
+}
+
+async fn upstream_handler(
+    name: String,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Response<AnyBody> {
+    let path = req.uri().path().to_string();
+    if path == "/upgrade" {
+        // Switch protocols and echo whatever arrives afterwards.
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        hits.fetch_add(1, Ordering::SeqCst);
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(http_body_util::Either::Left(Full::new(Bytes::new())))
+            .unwrap();
+    }
+    let method = req.method().to_string();
+    let headers = req.headers().clone();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return full(400, "bad body"),
+    };
+    if path == "/healthz" {
+        return full(200, "ok");
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    seen.lock().unwrap().push(Seen {
+        method,
+        path: path.clone(),
+        headers,
+        body_len: body.len(),
+    });
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (verb, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let num = arg.parse::<usize>().unwrap_or(0);
+    match verb {
+        "echo" => full(200, body),
+        "bytes" => full(200, pattern(num)),
+        "chunked" => {
+            let data = pattern(num);
+            let chunks = data.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
+            Response::builder()
+                .status(200)
+                .body(http_body_util::Either::Right(Chunks::new(chunks)))
+                .unwrap()
+        }
+        "status" => full(num as u16, name),
+        "slow" => {
+            tokio::time::sleep(Duration::from_millis(num as u64)).await;
+            full(200, name)
+        }
+        _ => full(200, name),
+    }
+}
+
+/// `n` bytes of a recognisable, non-repeating-at-small-scale pattern.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i % 251) as u8 ^ (i / 251 % 256) as u8)
+        .collect()
+}
+
+/// A switchyard running in this process, on its own threads, with its own temp dir.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub switchboard: Arc<Switchboard>,
+    pub config: Arc<Config>,
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Stops an embedded server when told to, with pingora's quick shutdown.
+struct TestSignal(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for TestSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// The TOML for two pools, `blue` and `green`, plus `extra` sections.
+///
+/// `{dir}` in `extra` is replaced by the proxy's temp dir.
+pub fn pools_toml(blue: &[SocketAddr], green: &[SocketAddr]) -> String {
+    let list = |v: &[SocketAddr]| {
+        v.iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[pools.blue]\nbackends = [{}]\n\n[pools.green]\nbackends = [{}]\n",
+        list(blue),
+        list(green)
+    )
+}
+
+impl Proxy {
+    /// Starts a proxy from `toml` (pools and any sections besides `[listen]`, `[admin]`,
+    /// `[metrics]` and `[state]`, which the harness fills in) and waits until it accepts.
+    pub async fn start(toml: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let full = format!(
+            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\n\
+             [admin]\nsocket = \"{d}/run/admin.sock\"\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
+             [state]\ndir = \"{d}/state\"\n\n{toml}",
+            d = dir.path().display(),
+            mport = free_port(),
+        );
+        let config = Config::parse(&full, "test.toml").unwrap_or_else(|e| panic!("{e}\n{full}"));
+        let app = Switchyard::build(config, RunMode::embedded()).expect("build switchyard");
+        let switchboard = app.switchboard();
+        let config = app.config();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let signal = TestSignal(stop.clone());
+        let thread = std::thread::spawn(move || {
+            app.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            })
+        });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for(
+            "the proxy to accept connections",
+            READY_DEADLINE,
+            || async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+        )
+        .await;
+        Proxy {
+            addr,
+            dir,
+            switchboard,
+            config,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.config.admin.socket.clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A response as a test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn pool(&self) -> Option<&str> {
+        self.headers
+            .get("x-switchyard-pool")
+            .and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection to one address.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<AnyBody>,
+    addr: SocketAddr,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to proxy");
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("http handshake");
+        tokio::spawn(conn);
+        Client { sender, addr }
+    }
+
+    /// Sends `req` (its URI is a path) and reads the whole response.
+    pub async fn send(&mut self, req: Request<AnyBody>) -> Result<Reply, hyper::Error> {
+        let (mut parts, body) = req.into_parts();
+        parts
+            .headers
+            .entry("host")
+            .or_insert_with(|| self.addr.to_string().parse().unwrap());
+        self.sender.ready().await?;
+        let resp = self
+            .sender
+            .send_request(Request::from_parts(parts, body))
+            .await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Reply, hyper::Error> {
+        self.send(request("GET", path, Bytes::new())).await
+    }
+}
+
+/// A request with a fixed-length body.
+pub fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request<AnyBody> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .body(http_body_util::Either::Left(Full::new(body.into())))
+        .unwrap()
+}
+
+/// A request whose body is sent chunked.
+pub fn chunked_request(method: &str, path: &str, chunks: Vec<Bytes>) -> Request<AnyBody> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .body(http_body_util::Either::Right(Chunks::new(chunks)))
+        .unwrap()
+}
+
+/// One GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    Client::connect(addr)
+        .await
+        .get(path)
+        .await
+        .expect("GET through the proxy")
+}

@@ -1,0 +1,254 @@
+//! The proxy core against real upstreams: routing to the primary, round-robin, bodies, dead pools,
+//! forwarding headers and protocol upgrades.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_primary_pool() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..20 {
+        let r = client.get("/").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "blue");
+        assert_eq!(r.pool(), Some("blue"));
+    }
+    assert_eq!(blue.hits(), 20);
+    assert_eq!(green.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_primary_chooses_the_pool() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[routing]\ninitial_primary = \"green\"\nresponse_header = false\n",
+        pools_toml(&[blue.addr], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    let r = get(proxy.addr, "/").await;
+    assert_eq!(r.text(), "green");
+    assert_eq!(
+        r.pool(),
+        None,
+        "response_header = false must not add the header"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_exactly() {
+    let b1 = Upstream::start("blue").await;
+    let b2 = Upstream::start("blue").await;
+    let b3 = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[b1.addr, b2.addr, b3.addr], &[green.addr])).await;
+
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..300 {
+        assert_eq!(client.get("/").await.unwrap().status, 200);
+    }
+    assert_eq!([b1.hits(), b2.hits(), b3.hits()], [100, 100, 100]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_pass_byte_exact() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let mut client = Client::connect(proxy.addr).await;
+
+    // Request bodies: empty, 1 MiB with a length, 1 MiB chunked.
+    let r = client
+        .send(request("POST", "/echo", Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.len()), (200, 0));
+
+    let mib = pattern(1 << 20);
+    let r = client
+        .send(request("POST", "/echo", mib.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == mib[..], "1 MiB request body changed on the way");
+
+    let chunks: Vec<Bytes> = mib.chunks(7_919).map(Bytes::copy_from_slice).collect();
+    let r = client
+        .send(chunked_request("PUT", "/echo", chunks))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == mib[..], "chunked request body changed on the way");
+
+    // Response bodies: empty, 1 MiB with a length, 1 MiB chunked.
+    let r = client.get("/bytes/0").await.unwrap();
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    let r = client.get("/bytes/1048576").await.unwrap();
+    assert!(r.body == mib[..], "1 MiB response body changed on the way");
+    let r = client.get("/chunked/1048576").await.unwrap();
+    assert!(
+        r.headers.get("content-length").is_none(),
+        "a chunked response must stay chunked"
+    );
+    assert!(
+        r.body == mib[..],
+        "chunked response body changed on the way"
+    );
+
+    let seen = blue.seen.lock().unwrap();
+    assert_eq!(seen[1].body_len, 1 << 20);
+    assert_eq!(seen[2].body_len, 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_added_and_routing_headers_stripped() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let mut client = Client::connect(proxy.addr).await;
+
+    let mut req = request("GET", "/", Bytes::new());
+    req.headers_mut()
+        .insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
+    req.headers_mut()
+        .insert("x-switchyard-preview-token", "secret".parse().unwrap());
+    req.headers_mut()
+        .insert("x-switchyard-pool", "green".parse().unwrap());
+    client.send(req).await.unwrap();
+
+    let seen = blue.seen.lock().unwrap();
+    let h = &seen[0].headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(h.get("x-switchyard-preview-token").is_none());
+    assert!(h.get("x-switchyard-pool").is_none());
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it hangs
+/// until the connecting side gives up. The only way to exercise a connect timeout on loopback.
+fn blackhole() -> (
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+    std::net::SocketAddr,
+) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (backlog 0 still admits one or two connections on Linux).
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            fillers.push(c);
+        }
+    }
+    (s, fillers, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_pool_fails_fast() {
+    // Refused: ports that were free and are now closed.
+    let dead1: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead2: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[upstream]\nconnect_timeout = \"300ms\"\n",
+        pools_toml(&[dead1, dead2], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    let start = Instant::now();
+    let r = get(proxy.addr, "/").await;
+    assert!(
+        r.status == 502 || r.status == 503,
+        "dead pool answered {}",
+        r.status
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        green.hits(),
+        0,
+        "a dead primary must not silently serve green"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_backend_times_out_at_the_connect_timeout() {
+    let (_hole, _fillers, addr) = blackhole();
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[upstream]\nconnect_timeout = \"300ms\"\n",
+        pools_toml(&[addr], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    let start = Instant::now();
+    let r = get(proxy.addr, "/").await;
+    let took = start.elapsed();
+    assert!(r.status == 502 || r.status == 503, "answered {}", r.status);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "took {took:?}; the connect timeout is 300ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_on_another_backend() {
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let live = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[dead, live.addr], &[green.addr])).await;
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..10 {
+        let r = client.get("/").await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "blue"));
+    }
+    assert_eq!(live.hits(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_upgrades_pass_through() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "connection closed early"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "got {head}");
+    for msg in [&b"hello"[..], b"second message", &[0u8, 1, 2, 255]] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+}
