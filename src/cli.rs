@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pingora::server::RunArgs;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::demo::{self, DemoBackends};
-use crate::server::{RunMode, Switchyard};
+use crate::server::{ProcessSignals, RunMode, Switchyard};
 
 /// switchyard: a reverse proxy for blue/green and canary deploys.
 #[derive(Debug, Parser)]
@@ -42,6 +41,8 @@ pub enum Command {
         #[arg(long, default_value = demo::DEMO_METRICS)]
         metrics: String,
     },
+    /// Talk to a running switchyard's admin API.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Runs the parsed command line.
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
         Command::Demo { listen, metrics } => run_demo(&listen, &metrics),
+        Command::Ctl(args) => crate::ctl::run(args),
     }
 }
 
@@ -71,8 +73,22 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Catches signals from the start, so none arriving during start-up is lost.
+fn signals() -> Option<ProcessSignals> {
+    match ProcessSignals::install() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            None
+        }
+    }
+}
+
 fn serve(path: &std::path::Path) -> ExitCode {
     crate::logging::init();
+    let Some(signals) = signals() else {
+        return ExitCode::from(1);
+    };
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -88,7 +104,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     };
     match Switchyard::build(config, RunMode::process()) {
         Ok(app) => {
-            app.run(RunArgs::default());
+            app.run(signals.run_args());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -100,6 +116,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
 fn run_demo(listen: &str, metrics: &str) -> ExitCode {
     crate::logging::init();
+    let Some(signals) = signals() else {
+        return ExitCode::from(1);
+    };
     let dir = match tempfile::Builder::new()
         .prefix("switchyard-demo-")
         .tempdir()
@@ -136,7 +155,7 @@ fn run_demo(listen: &str, metrics: &str) -> ExitCode {
     };
     app.add_background("demo backends", backends);
     println!("{banner}");
-    app.run(RunArgs::default());
+    app.run(signals.run_args());
     drop(dir);
     ExitCode::SUCCESS
 }

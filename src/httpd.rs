@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,50 @@ impl Listener {
         Ok(Listener::Tcp(l))
     }
 
+    /// Binds a unix socket at `path`, mode 0600, creating its directory (mode 0750) if missing.
+    ///
+    /// A stale socket left by a process that died is replaced; a live one (another switchyard
+    /// answering on it) or a file that is not a socket is an error, never silently unlinked.
+    pub fn bind_unix(path: &Path) -> Result<Listener, UnixBindError> {
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+        let err = |reason: String| UnixBindError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(dir)
+                    .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(err(
+                        "another process is serving on it (is switchyard already running?)".into(),
+                    ));
+                }
+                std::fs::remove_file(path)
+                    .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+            }
+            Ok(_) => {
+                return Err(err(
+                    "a file that is not a socket is in the way; remove it or choose another path"
+                        .into(),
+                ))
+            }
+            Err(_) => {}
+        }
+        let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
+        l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+        Ok(Listener::Unix(l))
+    }
+
     /// The bound TCP address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
@@ -44,6 +89,14 @@ impl Listener {
             Listener::Unix(_) => None,
         }
     }
+}
+
+/// Why a unix socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the socket {path}: {reason}")]
+pub struct UnixBindError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
 }
 
 /// Who is on the other end of an admin connection.

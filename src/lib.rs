@@ -6,8 +6,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod httpd;
 pub mod logging;
@@ -15,3 +17,4 @@ pub mod pools;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod state;

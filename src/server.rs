@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
+use crate::admin::http::{AdminService, TokenError, Tokens};
+use crate::admin::Admin;
 use crate::config::Config;
+use crate::httpd::{Listener, UnixBindError};
 use crate::proxy::{Proxy, ProxySettings};
-use crate::routing::{RouteState, Switchboard};
+use crate::routing::Switchboard;
 
 /// Why switchyard could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,15 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot create directory {path}: {source}; create it or point the config elsewhere")]
     Dir { path: PathBuf, source: io::Error },
+    #[error("admin API: {0}")]
+    AdminSocket(#[from] UnixBindError),
+    #[error(
+        "cannot listen on {addr} for the admin API: {source}; change [admin] listen or stop \
+         the process using it"
+    )]
+    AdminListen { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Tokens(#[from] TokenError),
 }
 
 /// How the process behaves around the server; the binary and the tests differ here.
@@ -77,21 +89,28 @@ impl Switchyard {
             std::net::TcpListener::bind(addr)
                 .map_err(|source| StartError::Bind { addr, source })?;
         }
+        let mut admin_listeners = vec![(Listener::bind_unix(&config.admin.socket)?, None)];
+        if let Some(addr) = config.admin.listen {
+            let path = config
+                .admin
+                .token_file
+                .as_ref()
+                .expect("validated: admin.listen requires token_file");
+            let tokens = Tokens::load(path)?;
+            let l = Listener::bind_tcp(addr)
+                .map_err(|source| StartError::AdminListen { addr, source })?;
+            admin_listeners.push((l, Some(tokens)));
+        }
         let run_dir = config
             .admin
             .socket
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
-        create_dir(&run_dir)?;
         create_dir(&config.state.dir)?;
 
-        let initial = RouteState {
-            primary: config.routing.initial_primary,
-            canary_bp: 0,
-            generation: 0,
-        };
-        let switchboard = Arc::new(Switchboard::new(&config, initial));
+        let (switchboard, admin) = Admin::start(&config);
+        let admin = Arc::new(admin);
 
         let mut conf = ServerConf {
             threads: config.server.threads,
@@ -113,6 +132,12 @@ impl Switchyard {
             proxy_service.add_tcp(&addr.to_string());
         }
         server.add_service(proxy_service);
+        add_background(
+            &mut server,
+            "admin",
+            AdminService::new(admin, admin_listeners),
+        );
+        add_background(&mut server, "sighup", HangupHandler);
 
         if mode.exit_when_drained {
             let drain = DrainWatcher {
@@ -174,6 +199,57 @@ impl Switchyard {
     }
 }
 
+/// Process signals, caught from the moment this is created.
+///
+/// pingora installs its own handlers only once its main loop runs, after the services have
+/// started, so a SIGTERM that arrives in between would kill the process with the default action
+/// (reliability-anchors B2). These handlers are registered before anything starts; a signal that
+/// arrives early is kept and acted on when the server is ready for it.
+pub struct ProcessSignals {
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<i32>>,
+}
+
+impl ProcessSignals {
+    /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown) and SIGQUIT (graceful
+    /// upgrade, pingora's hand-over of listening sockets to a new process).
+    pub fn install() -> io::Result<ProcessSignals> {
+        use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(sig).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(ProcessSignals {
+            rx: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// Run arguments for [`Switchyard::run`] that act on these signals.
+    pub fn run_args(self) -> RunArgs {
+        RunArgs {
+            shutdown_signal: Box::new(self),
+        }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ProcessSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use signal_hook::consts::{SIGINT, SIGQUIT};
+        match self.rx.lock().await.recv().await {
+            Some(SIGINT) => ShutdownSignal::FastShutdown,
+            Some(SIGQUIT) => ShutdownSignal::GracefulUpgrade,
+            _ => ShutdownSignal::GracefulTerminate,
+        }
+    }
+}
+
 fn add_background<T>(server: &mut Server, name: &str, task: T)
 where
     T: BackgroundService + Send + Sync + 'static,
@@ -229,6 +305,29 @@ impl BackgroundService for DrainWatcher {
                 std::process::exit(0);
             }
             tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+}
+
+/// Keeps SIGHUP from killing the process (its default action; pingora does not handle it).
+struct HangupHandler;
+
+#[async_trait]
+impl BackgroundService for HangupHandler {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install a SIGHUP handler; SIGHUP will stop the process");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP received: configuration reload is not available yet; restart \
+                     switchyard to apply a new config (the routing state survives a restart)"
+                ),
+            }
         }
     }
 }

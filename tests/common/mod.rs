@@ -266,11 +266,27 @@ impl Proxy {
     /// Starts a proxy from `toml` (pools and any sections besides `[listen]`, `[admin]`,
     /// `[metrics]` and `[state]`, which the harness fills in) and waits until it accepts.
     pub async fn start(toml: &str) -> Proxy {
+        Proxy::start_with(toml, true).await
+    }
+
+    /// Like [`Proxy::start`], but `toml` brings its own `[admin]` section.
+    pub async fn start_raw(toml: &str) -> Proxy {
+        Proxy::start_with(toml, false).await
+    }
+
+    async fn start_with(toml: &str, admin_section: bool) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let admin = if admin_section {
+            format!(
+                "[admin]\nsocket = \"{}/run/admin.sock\"\n\n",
+                dir.path().display()
+            )
+        } else {
+            String::new()
+        };
         let full = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\n\
-             [admin]\nsocket = \"{d}/run/admin.sock\"\n\n\
+            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\n{admin}\
              [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
              [state]\ndir = \"{d}/state\"\n\n{toml}",
             d = dir.path().display(),
@@ -414,4 +430,73 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
         .get(path)
         .await
         .expect("GET through the proxy")
+}
+
+/// One admin API call over the unix socket: `(status, JSON answer)`.
+pub async fn admin(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    admin_raw(
+        socket,
+        method,
+        path,
+        body.map(|b| b.to_string().into_bytes()),
+        &[],
+    )
+    .await
+}
+
+/// An admin call with a raw body and extra headers.
+pub async fn admin_raw(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect to the admin socket");
+    exchange(stream, method, path, body, headers).await
+}
+
+/// An HTTP exchange on any stream: `(status, JSON answer)`.
+pub async fn exchange<S>(
+    stream: S,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("admin request");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "admin answered non-JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
 }

@@ -1,0 +1,464 @@
+//! The admin API on the wire: HTTP/1.1 + JSON over the unix socket and, optionally, TCP.
+//!
+//! This layer only moves bytes: it authenticates, bounds and parses the request into an
+//! [`AdminCommand`], runs [`Admin::handle`] off the executor (changes fsync), and renders the
+//! answer. Every error leaves as `{"error": "<sentence>", "code": "<code>"}` with its status.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::{Admin, AdminCommand, AdminError, ChangeOpts, Reply, DEFAULT_HISTORY_LIMIT};
+use crate::httpd::{self, Listener, Peer};
+
+/// Largest admin request body; anything bigger is refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+/// A client that does not send its whole body within this is answered 408.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request header naming the person or system behind a change, recorded in history.
+pub const ACTOR_HEADER: &str = "x-switchyard-actor";
+/// Longest actor name kept from the header.
+const MAX_ACTOR_LEN: usize = 128;
+
+/// Bearer tokens for the TCP admin API, each with a name recorded as the actor.
+#[derive(Clone)]
+pub struct Tokens(Vec<(String, Vec<u8>)>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secrets themselves.
+        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "Tokens({names:?})")
+    }
+}
+
+/// Why the token file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read admin token file {path}: {source}; create it (e.g. `openssl rand -hex 32 > {path}`) or remove [admin] listen")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin token file {0} has no token; put one token per line, optionally as NAME:TOKEN")]
+    Empty(PathBuf),
+}
+
+impl Tokens {
+    /// Reads a token file: one token per line, `NAME:TOKEN` or a bare `TOKEN` (named `admin`);
+    /// blank lines and `#` comments are ignored.
+    pub fn load(path: &Path) -> Result<Tokens, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let tokens: Vec<(String, Vec<u8>)> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| match l.split_once(':') {
+                Some((name, tok)) if !name.is_empty() && !tok.is_empty() => {
+                    (name.trim().to_string(), tok.trim().as_bytes().to_vec())
+                }
+                _ => ("admin".to_string(), l.as_bytes().to_vec()),
+            })
+            .collect();
+        if tokens.is_empty() {
+            return Err(TokenError::Empty(path.to_path_buf()));
+        }
+        Ok(Tokens(tokens))
+    }
+
+    /// The name of the token `presented` matches. Every token is compared in constant time, and
+    /// all of them are compared, so timing reveals neither a prefix nor which token matched.
+    pub fn check(&self, presented: &[u8]) -> Option<&str> {
+        let mut found = None;
+        for (name, token) in &self.0 {
+            if bool::from(token.as_slice().ct_eq(presented)) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Serves the admin API on `listeners` until shutdown.
+pub struct AdminService {
+    pub admin: Arc<Admin>,
+    listeners: Mutex<Vec<(Listener, Option<Tokens>)>>,
+}
+
+impl AdminService {
+    /// `listeners` pairs each bound socket with the tokens it requires (`None`: the unix socket,
+    /// where file permissions are the boundary).
+    pub fn new(admin: Arc<Admin>, listeners: Vec<(Listener, Option<Tokens>)>) -> AdminService {
+        AdminService {
+            admin,
+            listeners: Mutex::new(listeners),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let listeners =
+            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks = Vec::new();
+        for (listener, tokens) in listeners {
+            let admin = self.admin.clone();
+            tasks.push(tokio::spawn(httpd::serve(
+                listener,
+                move |req, peer| respond(admin.clone(), tokens.clone(), req, peer),
+                shutdown.clone(),
+            )));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Handles one HTTP request end to end.
+pub async fn respond(
+    admin: Arc<Admin>,
+    tokens: Option<Tokens>,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Response<Full<Bytes>> {
+    match route(admin, tokens, req, peer).await {
+        Ok(reply) => httpd::json(200, to_json(&reply)),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(v).expect("replies serialise");
+    out.push(b'\n');
+    out
+}
+
+/// Renders an error as `{"error", "code"}` with its status.
+pub fn error_response(e: &AdminError) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": e.to_string(), "code": e.code() });
+    let mut resp = httpd::json(e.status(), to_json(&body));
+    match e {
+        AdminError::MethodNotAllowed { allowed, .. } => {
+            resp.headers_mut()
+                .insert("allow", hyper::header::HeaderValue::from_static(allowed));
+        }
+        AdminError::Unauthorized => {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                hyper::header::HeaderValue::from_static("Bearer realm=\"switchyard\""),
+            );
+        }
+        _ => {}
+    }
+    resp
+}
+
+/// Turns a request's body and query into a command.
+type ParseFn = fn(&[u8], &str) -> Result<AdminCommand, AdminError>;
+
+async fn route(
+    admin: Arc<Admin>,
+    tokens: Option<Tokens>,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Result<Reply, AdminError> {
+    let actor = authenticate(tokens.as_ref(), &req, &peer)?;
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+
+    let (needs, make): (Method, ParseFn) = match path.as_str() {
+        "/v1/status" => (Method::GET, |_, _| Ok(AdminCommand::Status)),
+        "/v1/health" => (Method::GET, |_, _| Ok(AdminCommand::Health)),
+        "/v1/history" => (Method::GET, |_, q| history(q)),
+        "/v1/flip" => (Method::POST, |b, _| flip(b)),
+        "/v1/canary" => (Method::POST, |b, _| canary(b)),
+        "/v1/promote" => (Method::POST, |b, _| {
+            Ok(AdminCommand::Promote { change: opts(b)? })
+        }),
+        "/v1/rollback" => (Method::POST, |b, _| {
+            Ok(AdminCommand::Rollback { change: opts(b)? })
+        }),
+        "/v1/reload" => (Method::POST, |_, _| Ok(AdminCommand::Reload)),
+        "/v1/rollout" | "/v1/rollout/pause" | "/v1/rollout/resume" | "/v1/rollout/abort" => {
+            (Method::POST, |_, _| {
+                Err(AdminError::NotImplemented(
+                    "progressive rollouts are not available yet; use canary and promote".into(),
+                ))
+            })
+        }
+        _ => return Err(AdminError::NotFound(path)),
+    };
+    if method != needs {
+        return Err(AdminError::MethodNotAllowed {
+            path,
+            method: method.to_string(),
+            allowed: if needs == Method::GET { "GET" } else { "POST" },
+        });
+    }
+    let body = read_body(req).await?;
+    let cmd = make(&body, &query)?;
+    tokio::task::spawn_blocking(move || admin.handle(cmd, &actor))
+        .await
+        .map_err(|e| AdminError::Internal(format!("admin handler failed: {e}")))?
+}
+
+/// Who is making the request: `uid:N` on the unix socket, `token:NAME` on TCP, followed by the
+/// `X-Switchyard-Actor` header when given.
+fn authenticate(
+    tokens: Option<&Tokens>,
+    req: &Request<Incoming>,
+    peer: &Peer,
+) -> Result<String, AdminError> {
+    let mut actor = match tokens {
+        Some(tokens) => {
+            let presented = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .ok_or(AdminError::Unauthorized)?;
+            let name = tokens.check(presented).ok_or(AdminError::Unauthorized)?;
+            format!("token:{name}")
+        }
+        None => match peer.uid {
+            Some(uid) => format!("uid:{uid}"),
+            None => "unknown".to_string(),
+        },
+    };
+    if let Some(who) = req
+        .headers()
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let who: String = who
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_ACTOR_LEN)
+            .collect();
+        if !who.trim().is_empty() {
+            actor = format!("{actor} ({})", who.trim());
+        }
+    }
+    Ok(actor)
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
+    let too_large = AdminError::PayloadTooLarge { limit: MAX_BODY };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large);
+    }
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Err(_) => Err(AdminError::BadRequest(format!(
+            "the request body did not arrive within {BODY_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Ok(Err(e)) => Err(AdminError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+    }
+}
+
+/// Parses a JSON body; an empty body is `{}`.
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        AdminError::BadRequest(format!(
+            "the request body is not valid JSON for this call: {e}"
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    #[serde(default)]
+    force: bool,
+    reason: Option<String>,
+    if_generation: Option<u64>,
+}
+
+impl From<ChangeBody> for ChangeOpts {
+    fn from(b: ChangeBody) -> ChangeOpts {
+        ChangeOpts {
+            force: b.force,
+            reason: b.reason.filter(|r| !r.trim().is_empty()),
+            if_generation: b.if_generation,
+        }
+    }
+}
+
+fn opts(body: &[u8]) -> Result<ChangeOpts, AdminError> {
+    parse::<ChangeBody>(body).map(Into::into)
+}
+
+fn flip(body: &[u8]) -> Result<AdminCommand, AdminError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Flip {
+        to: String,
+        #[serde(default)]
+        force: bool,
+        reason: Option<String>,
+        if_generation: Option<u64>,
+    }
+    let f: Flip = parse(body)?;
+    Ok(AdminCommand::Flip {
+        to: f.to,
+        change: ChangeBody {
+            force: f.force,
+            reason: f.reason,
+            if_generation: f.if_generation,
+        }
+        .into(),
+    })
+}
+
+fn canary(body: &[u8]) -> Result<AdminCommand, AdminError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Canary {
+        pool: String,
+        percent: Option<f64>,
+        bp: Option<u32>,
+        #[serde(default)]
+        force: bool,
+        reason: Option<String>,
+        if_generation: Option<u64>,
+    }
+    let c: Canary = parse(body)?;
+    let bp =
+        match (c.percent, c.bp) {
+            (Some(p), None) => percent_to_bp(p)?,
+            (None, Some(bp)) => bp,
+            _ => return Err(AdminError::BadRequest(
+                "give the canary weight as exactly one of `percent` (e.g. 0.25) or `bp` (e.g. 25)"
+                    .into(),
+            )),
+        };
+    Ok(AdminCommand::Canary {
+        pool: c.pool,
+        bp,
+        change: ChangeBody {
+            force: c.force,
+            reason: c.reason,
+            if_generation: c.if_generation,
+        }
+        .into(),
+    })
+}
+
+/// A percentage with at most two decimals (0.01 % = 1 bp) as basis points.
+pub fn percent_to_bp(p: f64) -> Result<u32, AdminError> {
+    let bp = p * 100.0;
+    if !p.is_finite() || !(0.0..=100.0).contains(&p) || (bp - bp.round()).abs() > 1e-6 {
+        return Err(AdminError::BadRequest(format!(
+            "canary percent {p} must be between 0 and 100 with at most two decimals (0.01 is the smallest step)"
+        )));
+    }
+    Ok(bp.round() as u32)
+}
+
+fn history(query: &str) -> Result<AdminCommand, AdminError> {
+    let mut limit = DEFAULT_HISTORY_LIMIT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", v)) => {
+                limit = v.parse().map_err(|_| {
+                    AdminError::BadRequest(format!("limit `{v}` is not a whole number"))
+                })?;
+            }
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter `{pair}`; history takes only limit=N"
+                )))
+            }
+        }
+    }
+    Ok(AdminCommand::History { limit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_convert_exactly() {
+        assert_eq!(percent_to_bp(5.0).unwrap(), 500);
+        assert_eq!(percent_to_bp(0.25).unwrap(), 25);
+        assert_eq!(percent_to_bp(0.01).unwrap(), 1);
+        assert_eq!(percent_to_bp(100.0).unwrap(), 10_000);
+        assert!(percent_to_bp(0.005).is_err());
+        assert!(percent_to_bp(101.0).is_err());
+        assert!(percent_to_bp(-1.0).is_err());
+        assert!(percent_to_bp(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn bodies_parse_into_commands() {
+        assert_eq!(
+            flip(br#"{"to":"green","reason":"release 42","if_generation":3}"#).unwrap(),
+            AdminCommand::Flip {
+                to: "green".into(),
+                change: ChangeOpts {
+                    force: false,
+                    reason: Some("release 42".into()),
+                    if_generation: Some(3),
+                }
+            }
+        );
+        assert!(matches!(
+            canary(br#"{"pool":"green","percent":0.25}"#).unwrap(),
+            AdminCommand::Canary { bp: 25, .. }
+        ));
+        assert!(matches!(
+            canary(br#"{"pool":"green","bp":7}"#).unwrap(),
+            AdminCommand::Canary { bp: 7, .. }
+        ));
+        assert_eq!(canary(br#"{"pool":"green"}"#).unwrap_err().status(), 400);
+        assert_eq!(flip(br#"{"to":"green""#).unwrap_err().code(), "bad_request");
+        assert_eq!(opts(b"").unwrap(), ChangeOpts::default());
+        assert!(history("limit=5").is_ok());
+        assert!(history("limit=x").is_err());
+    }
+
+    #[test]
+    fn tokens_are_named_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, "# deployers\nci:abc123\nsecond-token\n").unwrap();
+        let t = Tokens::load(&p).unwrap();
+        assert_eq!(t.check(b"abc123"), Some("ci"));
+        assert_eq!(t.check(b"second-token"), Some("admin"));
+        assert_eq!(t.check(b"abc12"), None);
+        assert_eq!(t.check(b""), None);
+        assert!(!format!("{t:?}").contains("abc123"));
+        std::fs::write(&p, "\n# nothing\n").unwrap();
+        assert!(Tokens::load(&p).is_err());
+    }
+}

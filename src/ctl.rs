@@ -1,0 +1,434 @@
+//! `switchyard ctl`: the admin client for people and deploy scripts.
+//!
+//! Exit codes are the contract scripts rely on: 0 done, 1 refused by the proxy (the answer's
+//! `code` says why), 2 a usage error or the proxy could not be reached. Human-readable output by
+//! default, the proxy's JSON document with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+use crate::admin::http::ACTOR_HEADER;
+use crate::config::defaults::ADMIN_SOCKET;
+use crate::state::format_percent;
+
+/// How long ctl waits for the proxy before giving up.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The admin unix socket.
+    #[arg(long, global = true, default_value = ADMIN_SOCKET, conflicts_with = "url")]
+    pub socket: PathBuf,
+    /// The TCP admin API instead of the socket, e.g. http://127.0.0.1:9902.
+    #[arg(long, global = true, requires = "token_file")]
+    pub url: Option<String>,
+    /// File holding the bearer token for --url (a bare token or NAME:TOKEN).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Print the proxy's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is making the change, recorded in history (default: $SWITCHYARD_ACTOR, $SUDO_USER or
+    /// $USER).
+    #[arg(long, global = true)]
+    pub actor: Option<String>,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Show the live pool, the canary weight, and each pool's backends.
+    Status,
+    /// Send all traffic to POOL.
+    Flip {
+        pool: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Send PERCENT of new traffic (e.g. 5, 0.25, 0.01) to POOL, the non-primary pool.
+    Canary {
+        pool: String,
+        percent: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Make the canary pool primary, at 100 %.
+    Promote {
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Go back to the state before the last change.
+    Rollback {
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Show the latest changes, newest first.
+    History {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+    },
+    /// Re-read the configuration file.
+    Reload,
+}
+
+/// Options every change takes.
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// Change even if the target pool is not ready (recorded as forced).
+    #[arg(long)]
+    pub force: bool,
+    /// Why, for the history and the team.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Refuse unless the state is still at this generation.
+    #[arg(long)]
+    pub if_generation: Option<u64>,
+}
+
+impl ChangeArgs {
+    /// The request body: these options plus `fields`.
+    fn body(&self, mut fields: Value) -> Value {
+        fields["force"] = json!(self.force);
+        fields["reason"] = json!(self.reason);
+        fields["if_generation"] = json!(self.if_generation);
+        fields
+    }
+}
+
+/// A failed ctl run: the message and the exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+/// Runs one ctl command.
+pub fn run(args: CtlArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(execute(&args)) {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("{}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn execute(args: &CtlArgs) -> Result<String, Failure> {
+    let (method, path, body) = request_for(&args.verb)?;
+    let answer = call(args, method, &path, body).await?;
+    if args.json {
+        return Ok(serde_json::to_string_pretty(&answer).unwrap_or_default());
+    }
+    Ok(render(&args.verb, &answer))
+}
+
+fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Failure> {
+    let post = |path: &str, body: Value| ("POST", path.to_string(), Some(body));
+    Ok(match verb {
+        Verb::Status => ("GET", "/v1/status".into(), None),
+        Verb::Flip { pool, change } => post("/v1/flip", change.body(json!({ "to": pool }))),
+        Verb::Canary {
+            pool,
+            percent,
+            change,
+        } => {
+            let p: f64 = percent.trim_end_matches('%').parse().map_err(|_| {
+                usage(format!(
+                    "error: canary percent `{percent}` is not a number; write e.g. 5, 0.25 or 0.01"
+                ))
+            })?;
+            post(
+                "/v1/canary",
+                change.body(json!({ "pool": pool, "percent": p })),
+            )
+        }
+        Verb::Promote { change } => post("/v1/promote", change.body(json!({}))),
+        Verb::Rollback { change } => post("/v1/rollback", change.body(json!({}))),
+        Verb::History { n } => ("GET", format!("/v1/history?limit={n}"), None),
+        Verb::Reload => post("/v1/reload", json!({})),
+    })
+}
+
+fn actor(args: &CtlArgs) -> Option<String> {
+    args.actor.clone().or_else(|| {
+        ["SWITCHYARD_ACTOR", "SUDO_USER", "USER"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    })
+}
+
+/// Sends one request to the admin API and returns its JSON answer, or a failure with exit code 1
+/// (the proxy refused) or 2 (unreachable, or not switchyard).
+async fn call(
+    args: &CtlArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
+    let (io, host, token): (Box<dyn Io>, String, Option<String>) = match &args.url {
+        Some(url) => {
+            let uri: hyper::Uri = url.parse().map_err(|_| {
+                usage(format!(
+                    "error: --url `{url}` is not a URL like http://127.0.0.1:9902"
+                ))
+            })?;
+            if uri.scheme_str() != Some("http") {
+                return Err(usage(format!(
+                    "error: --url `{url}`: only http:// is supported; keep the TCP admin API on loopback or a management network"
+                )));
+            }
+            let authority = uri
+                .authority()
+                .ok_or_else(|| usage(format!("error: --url `{url}` has no host:port")))?
+                .to_string();
+            let token_file = args
+                .token_file
+                .as_ref()
+                .expect("clap requires --token-file with --url");
+            let token = read_token(token_file)?;
+            let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(&authority))
+                .await
+                .map_err(|_| usage(format!("error: timed out connecting to {authority}")))?
+                .map_err(|e| {
+                    usage(format!(
+                        "error: cannot reach switchyard at {authority}: {e}; is it running with [admin] listen = \"{authority}\"?"
+                    ))
+                })?;
+            (Box::new(stream), authority, Some(token))
+        }
+        None => {
+            let stream = tokio::net::UnixStream::connect(&args.socket).await.map_err(|e| {
+                usage(format!(
+                    "error: cannot reach switchyard at {}: {e}; is switchyard running? (looked for {}; use --socket PATH to point elsewhere)",
+                    args.socket.display(),
+                    args.socket.display()
+                ))
+            })?;
+            (Box::new(stream), "localhost".into(), None)
+        }
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| usage(format!("error: cannot talk HTTP to the admin API: {e}")))?;
+    tokio::spawn(conn);
+
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(a) = actor(args) {
+        req = req.header(ACTOR_HEADER, a);
+    }
+    let body = body
+        .map(|b| Bytes::from(serde_json::to_vec(&b).expect("json")))
+        .unwrap_or_default();
+    let req = req
+        .body(Full::new(body))
+        .map_err(|e| usage(format!("error: bad request: {e}")))?;
+
+    let exchange = async {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, bytes))
+    };
+    let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            usage(format!(
+                "error: no answer from the admin API within {TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| usage(format!("error: the admin API connection failed: {e}")))?;
+    let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        usage(format!(
+            "error: the admin API answered {status} with something that is not JSON; is this a switchyard admin endpoint?"
+        ))
+    })?;
+    if status >= 400 {
+        let msg = answer["error"].as_str().unwrap_or("refused");
+        let code = answer["code"].as_str().unwrap_or("unknown");
+        let message = if args.json {
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        } else {
+            format!("refused ({status} {code}): {msg}")
+        };
+        return Err(Failure { code: 1, message });
+    }
+    Ok(answer)
+}
+
+/// A stream the HTTP client can run over.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+fn read_token(path: &PathBuf) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!(
+            "error: cannot read token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| usage(format!("error: token file {} has no token", path.display())))?;
+    Ok(match line.split_once(':') {
+        Some((_, tok)) if !tok.is_empty() => tok.trim().to_string(),
+        _ => line.to_string(),
+    })
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+fn render(verb: &Verb, a: &Value) -> String {
+    match verb {
+        Verb::Status => render_status(a),
+        Verb::History { .. } => render_history(a),
+        Verb::Reload => "configuration reloaded".into(),
+        _ => render_change(a),
+    }
+}
+
+fn routing_line(a: &Value) -> String {
+    let bp = a["canary_bp"].as_u64().unwrap_or(0) as u32;
+    if bp == 0 {
+        format!("{} is live", s(&a["primary"]))
+    } else {
+        format!(
+            "{} is live, {} gets {} of new traffic",
+            s(&a["primary"]),
+            s(&a["canary_pool"]),
+            format_percent(bp)
+        )
+    }
+}
+
+fn render_change(a: &Value) -> String {
+    let gen = a["generation"].as_u64().unwrap_or(0);
+    if a["changed"] == Value::Bool(false) {
+        return format!("nothing to change: {} (generation {gen})", routing_line(a));
+    }
+    let prev = &a["previous"];
+    let prev_bp = prev["canary_bp"].as_u64().unwrap_or(0) as u32;
+    let was = if prev_bp == 0 {
+        s(&prev["primary"]).to_string()
+    } else {
+        format!(
+            "{} + canary {}",
+            s(&prev["primary"]),
+            format_percent(prev_bp)
+        )
+    };
+    let mut out = format!(
+        "{} (was {was}) — generation {gen}, applied in {} µs",
+        routing_line(a),
+        a["applied_us"].as_u64().unwrap_or(0)
+    );
+    if let Some(w) = a["warning"].as_str() {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
+    out
+}
+
+fn render_status(a: &Value) -> String {
+    let mut out = format!(
+        "{}\ngeneration {} since {}\n\n{:<12} {:<6} {:<9} {}\n",
+        routing_line(a),
+        a["generation"].as_u64().unwrap_or(0),
+        s(&a["since"]),
+        "POOL",
+        "READY",
+        "HEALTHY",
+        "INFLIGHT"
+    );
+    if let Some(pools) = a["pools"].as_object() {
+        for (name, p) in pools {
+            let backends = p["backends"].as_array().cloned().unwrap_or_default();
+            out.push_str(&format!(
+                "{:<12} {:<6} {:<9} {}\n",
+                name,
+                if p["ready"] == Value::Bool(true) {
+                    "yes"
+                } else {
+                    "NO"
+                },
+                format!("{}/{}", p["healthy"].as_u64().unwrap_or(0), backends.len()),
+                p["inflight"].as_u64().unwrap_or(0)
+            ));
+            for b in backends {
+                let h = if b["healthy"] == Value::Bool(true) {
+                    "healthy"
+                } else {
+                    "UNHEALTHY"
+                };
+                out.push_str(&format!("  {:<24} {h}\n", s(&b["addr"])));
+            }
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn render_history(a: &Value) -> String {
+    let Some(entries) = a.as_array() else {
+        return String::new();
+    };
+    if entries.is_empty() {
+        return "no changes recorded yet".into();
+    }
+    entries
+        .iter()
+        .map(|e| {
+            let mut line = format!(
+                "{}  gen {:<4} {:<9} {} -> {}  by {}",
+                s(&e["ts"]),
+                e["generation"].as_u64().unwrap_or(0),
+                s(&e["action"]),
+                s(&e["from"]),
+                s(&e["to"]),
+                s(&e["actor"]),
+            );
+            if e["forced"] == Value::Bool(true) {
+                line.push_str("  [forced]");
+            }
+            if let Some(r) = e["reason"].as_str() {
+                line.push_str(&format!("  \"{r}\""));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
