@@ -250,6 +250,37 @@ impl ShutdownSignalWatch for ProcessSignals {
     }
 }
 
+/// Stops an embedded switchyard (in tests, benches, or another program) when triggered, with
+/// pingora's quick shutdown.
+#[derive(Clone, Default)]
+pub struct ShutdownTrigger(Arc<tokio::sync::Notify>);
+
+impl ShutdownTrigger {
+    pub fn new() -> ShutdownTrigger {
+        ShutdownTrigger::default()
+    }
+
+    /// Asks the server to stop; [`Switchyard::run`] then returns.
+    pub fn trigger(&self) {
+        self.0.notify_one();
+    }
+
+    /// Run arguments that wait for [`ShutdownTrigger::trigger`].
+    pub fn run_args(&self) -> RunArgs {
+        RunArgs {
+            shutdown_signal: Box::new(self.clone()),
+        }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ShutdownTrigger {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
 fn add_background<T>(server: &mut Server, name: &str, task: T)
 where
     T: BackgroundService + Send + Sync + 'static,

@@ -15,16 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
-use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use switchyard::config::Config;
 use switchyard::httpd::{self, Listener};
 use switchyard::routing::Switchboard;
-use switchyard::server::{RunMode, Switchyard};
+use switchyard::server::{RunMode, ShutdownTrigger, Switchyard};
 
 /// How long anything in a test may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(15);
@@ -230,19 +228,8 @@ pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub switchboard: Arc<Switchboard>,
     pub config: Arc<Config>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: ShutdownTrigger,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Stops an embedded server when told to, with pingora's quick shutdown.
-struct TestSignal(Arc<tokio::sync::Notify>);
-
-#[async_trait]
-impl ShutdownSignalWatch for TestSignal {
-    async fn recv(&self) -> ShutdownSignal {
-        self.0.notified().await;
-        ShutdownSignal::FastShutdown
-    }
 }
 
 /// The TOML for two pools, `blue` and `green`, plus `extra` sections.
@@ -296,13 +283,9 @@ impl Proxy {
         let app = Switchyard::build(config, RunMode::embedded()).expect("build switchyard");
         let switchboard = app.switchboard();
         let config = app.config();
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let signal = TestSignal(stop.clone());
-        let thread = std::thread::spawn(move || {
-            app.run(RunArgs {
-                shutdown_signal: Box::new(signal),
-            })
-        });
+        let stop = ShutdownTrigger::new();
+        let trigger = stop.clone();
+        let thread = std::thread::spawn(move || app.run(trigger.run_args()));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_for(
             "the proxy to accept connections",
@@ -331,7 +314,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.stop.notify_one();
+        self.stop.trigger();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
