@@ -154,7 +154,14 @@ fn run_demo(listen: &str, metrics: &str) -> ExitCode {
         }
     };
     app.add_background("demo backends", backends);
-    println!("{banner}");
+    let switchboard = app.switchboard();
+    app.add_background(
+        "demo banner",
+        demo::Banner {
+            text: banner,
+            switchboard,
+        },
+    );
     app.run(signals.run_args());
     drop(dir);
     ExitCode::SUCCESS

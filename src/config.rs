@@ -76,6 +76,9 @@ pub struct PoolConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
+    /// With checks off, every backend is taken as healthy (for setups where something else
+    /// checks the backends); with checks on (the default), backends start unhealthy.
+    pub enabled: bool,
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
@@ -451,6 +454,7 @@ fn validate(raw: raw::File, text: &str, file: &str) -> Result<Config, ConfigErro
     // [health]
     let h = raw.health.unwrap_or_default();
     let health = HealthConfig {
+        enabled: h.enabled.unwrap_or(true),
         path: h
             .path
             .as_ref()
@@ -828,6 +832,7 @@ mod raw {
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Health {
+        pub enabled: Option<bool>,
         pub path: Option<Spanned<String>>,
         pub interval: Option<Spanned<String>>,
         pub timeout: Option<Spanned<String>>,

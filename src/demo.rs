@@ -103,6 +103,43 @@ impl BackgroundService for DemoBackends {
     }
 }
 
+/// Prints the banner once both demo pools pass their health checks, so that everything it
+/// suggests works the moment it appears.
+pub struct Banner {
+    pub text: String,
+    pub switchboard: std::sync::Arc<crate::routing::Switchboard>,
+}
+
+/// How long the demo waits for its pools before printing the banner anyway.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[async_trait]
+impl BackgroundService for Banner {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let deadline = std::time::Instant::now() + READY_WAIT;
+        loop {
+            let ready = self
+                .switchboard
+                .load()
+                .pools
+                .iter()
+                .all(|p| p.healthy_count() == p.backends.len());
+            if ready {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!("the demo pools are not healthy yet; see the log above");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", self.text);
+        let _ = out.flush();
+    }
+}
+
 /// What `demo` prints once it is up.
 pub fn banner(listen: &str, socket: &Path, pools: &[(String, Vec<SocketAddr>)]) -> String {
     let (a, b) = (&pools[0].0, &pools[1].0);

@@ -57,12 +57,19 @@ impl Pool {
         }
     }
 
-    /// Both pools of a configuration, in configuration order.
+    /// Both pools of a configuration, in configuration order. With health checks on, every
+    /// backend starts unhealthy until it passes `rise` checks; with them off, all are healthy.
     pub fn from_config(config: &Config) -> [Pool; POOL_COUNT] {
-        [
+        let pools = [
             Pool::new(&config.pools[0].name, &config.pools[0].backends),
             Pool::new(&config.pools[1].name, &config.pools[1].backends),
-        ]
+        ];
+        if config.health.enabled {
+            for b in pools.iter().flat_map(|p| &p.backends) {
+                b.set_healthy(false);
+            }
+        }
+        pools
     }
 
     /// Picks the next healthy backend in round-robin order, skipping `avoid` (a backend that just

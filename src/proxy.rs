@@ -15,7 +15,8 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::routing::{PoolId, RoutingTable, Switchboard, BUCKETS};
+use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::routing::{other, PoolId, RoutingTable, Switchboard, BUCKETS};
 
 /// Response header naming the pool that served the request; request header for preview routing.
 pub const POOL_HEADER: &str = "x-switchyard-pool";
@@ -43,20 +44,41 @@ impl ProxySettings {
 /// The proxy: stateless apart from the shared, lock-free [`Switchboard`].
 pub struct Proxy {
     switchboard: Arc<Switchboard>,
+    metrics: Arc<Metrics>,
     settings: ProxySettings,
     /// `x-switchyard-pool` values, built once rather than per response.
     pool_header_values: [HeaderValue; 2],
 }
 
 impl Proxy {
-    pub fn new(switchboard: Arc<Switchboard>, settings: ProxySettings) -> Proxy {
+    pub fn new(
+        switchboard: Arc<Switchboard>,
+        metrics: Arc<Metrics>,
+        settings: ProxySettings,
+    ) -> Proxy {
         let names = switchboard.pool_names();
         let value = |n: &str| HeaderValue::from_str(n).expect("pool names are valid header values");
         Proxy {
             pool_header_values: [value(&names[0]), value(&names[1])],
             switchboard,
+            metrics,
             settings,
         }
+    }
+}
+
+/// What a failed exchange with a backend counts as.
+fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
+    match e.etype() {
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | BindError | SocketError | TLSHandshakeFailure | TLSHandshakeTimedout => {
+            UpstreamErrorKind::Connect
+        }
+        ReadTimedout | WriteTimedout => UpstreamErrorKind::Timeout,
+        ConnectionClosed | ReadError | WriteError | H2Error | InvalidHTTPHeader => {
+            UpstreamErrorKind::Reset
+        }
+        _ => UpstreamErrorKind::Other,
     }
 }
 
@@ -90,6 +112,10 @@ pub struct RequestCtx {
     start: Instant,
 }
 
+/// The body of the 503 answered when neither pool has a healthy backend.
+static NO_HEALTHY_BACKEND: bytes::Bytes =
+    bytes::Bytes::from_static(b"no healthy backend in either pool\n");
+
 /// A connect failure is retried once on another backend of the same pool (nothing was sent yet,
 /// so this is always safe); more would multiply latency when a whole pool is down.
 const MAX_CONNECT_RETRIES: u8 = 1;
@@ -108,14 +134,28 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let table = self.switchboard.load_full();
         let bucket = if table.state.canary_bp == 0 {
             BUCKETS
         } else {
             request_bucket()
         };
-        let pool = table.pool_for_bucket(bucket);
+        let chosen = table.pool_for_bucket(bucket);
+        // A pool with no healthy backend fails over to the other colour when that one can
+        // serve; with neither, the request gets 503 now rather than a connect timeout later.
+        let pool = if table.pool(chosen).healthy_count() > 0 {
+            chosen
+        } else if table.pool(other(chosen)).healthy_count() > 0 {
+            self.metrics.record_failover(chosen, other(chosen));
+            other(chosen)
+        } else {
+            ctx.route = Some(Route::new(table, chosen));
+            session
+                .respond_error_with_body(503, NO_HEALTHY_BACKEND.clone())
+                .await?;
+            return Ok(true);
+        };
         ctx.route = Some(Route::new(table, pool));
         Ok(false)
     }
@@ -157,6 +197,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(r) = &ctx.route {
+            self.metrics
+                .record_upstream_error(r.pool, UpstreamErrorKind::Connect);
+        }
         let others = ctx
             .route
             .as_ref()
@@ -217,10 +261,23 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let upstream_error = e.filter(|e| *e.esource() == ErrorSource::Upstream);
+        if let Some(r) = &ctx.route {
+            if let Some(e) = upstream_error {
+                let kind = upstream_error_kind(e);
+                // Connect failures were counted as they happened, retried or not.
+                if kind != UpstreamErrorKind::Connect {
+                    self.metrics.record_upstream_error(r.pool, kind);
+                }
+            }
+            let elapsed = ctx.start.elapsed();
+            let failed = upstream_error.is_some();
+            self.metrics.record_request(r.pool, status, elapsed, failed);
+        }
         if !self.settings.access_log {
             return;
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let (pool, backend) = match &ctx.route {
             Some(r) => {
                 let pool = r.table.pool(r.pool);

@@ -19,7 +19,9 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::admin::http::{AdminService, TokenError, Tokens};
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::health::HealthChecker;
 use crate::httpd::{Listener, UnixBindError};
+use crate::metrics::{Metrics, MetricsService};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::routing::Switchboard;
 
@@ -43,6 +45,11 @@ pub enum StartError {
     AdminListen { addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Tokens(#[from] TokenError),
+    #[error(
+        "cannot listen on {addr} for metrics: {source}; change [metrics] listen or stop the \
+         process using it"
+    )]
+    MetricsListen { addr: SocketAddr, source: io::Error },
 }
 
 /// How the process behaves around the server; the binary and the tests differ here.
@@ -101,6 +108,13 @@ impl Switchyard {
                 .map_err(|source| StartError::AdminListen { addr, source })?;
             admin_listeners.push((l, Some(tokens)));
         }
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(
+                Listener::bind_tcp(addr)
+                    .map_err(|source| StartError::MetricsListen { addr, source })?,
+            ),
+            None => None,
+        };
         let run_dir = config
             .admin
             .socket
@@ -109,7 +123,8 @@ impl Switchyard {
             .unwrap_or_else(|| PathBuf::from("."));
         create_dir(&config.state.dir)?;
 
-        let (switchboard, admin) = Admin::start(&config);
+        let metrics = Arc::new(Metrics::new(&config));
+        let (switchboard, admin) = Admin::start(&config, metrics.clone());
         let admin = Arc::new(admin);
 
         let mut conf = ServerConf {
@@ -125,7 +140,11 @@ impl Switchyard {
         let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
         server.bootstrap();
 
-        let proxy = Proxy::new(switchboard.clone(), ProxySettings::from_config(&config));
+        let proxy = Proxy::new(
+            switchboard.clone(),
+            metrics.clone(),
+            ProxySettings::from_config(&config),
+        );
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
         for addr in &config.listen {
@@ -138,6 +157,14 @@ impl Switchyard {
             AdminService::new(admin, admin_listeners),
         );
         add_background(&mut server, "sighup", HangupHandler);
+        if config.health.enabled {
+            let checker = HealthChecker::new(switchboard.clone(), config.health.clone());
+            add_background(&mut server, "health checks", checker);
+        }
+        if let Some(listener) = metrics_listener {
+            let svc = MetricsService::new(metrics.clone(), switchboard.clone(), listener);
+            add_background(&mut server, "metrics", svc);
+        }
 
         if mode.exit_when_drained {
             let drain = DrainWatcher {

@@ -115,10 +115,33 @@ async fn demo_answers_blue_and_stops_on_ctrl_c() {
         .unwrap();
     let mut child = Running(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for("the demo proxy", READY_DEADLINE, || async move {
-        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-    })
-    .await;
+    // The demo prints its banner once its pools are healthy: read stdout until it appears.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = String::new();
+    let deadline = Instant::now() + READY_DEADLINE;
+    while !out.contains("Ctrl-C stops everything") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => out.push_str(&(line + "\n")),
+            Err(_) => panic!("the demo did not print its banner; got:\n{out}"),
+        }
+    }
+    assert!(
+        out.contains("switchyard ctl --socket"),
+        "the demo prints what to try: {out}"
+    );
     let r = get(addr, "/").await;
     assert_eq!((r.status, r.text().trim()), (200, "blue"));
 
@@ -137,19 +160,6 @@ async fn demo_answers_blue_and_stops_on_ctrl_c() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "demo exited with {status:?}");
-    let mut out = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(
-        out.contains("switchyard ctl --socket"),
-        "the demo prints what to try: {out}"
-    );
 }
 
 /// Sends a signal with the `kill` command (the crate forbids unsafe code, so no libc::kill).

@@ -28,8 +28,13 @@ impl Drop for Serve {
 
 /// Writes a config for `blue`/`green` under `dir` and returns its path and proxy port.
 fn write_config(dir: &Path, blue: &Upstream, green: &Upstream, port: u16, extra: &str) -> PathBuf {
+    let health = if extra.contains("[health]") {
+        ""
+    } else {
+        FAST_HEALTH
+    };
     let text = format!(
-        "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nsocket = \"{d}/run/admin.sock\"\n\
+        "{health}[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nsocket = \"{d}/run/admin.sock\"\n\
          [metrics]\nlisten = \"127.0.0.1:{m}\"\n[state]\ndir = \"{d}/state\"\n{pools}\n{extra}",
         d = dir.display(),
         m = free_port(),
@@ -85,8 +90,13 @@ async fn serve(config: &Path, port: u16) -> Serve {
         let socket = socket.clone();
         async move {
             let proxy = tokio::net::TcpStream::connect(addr).await.is_ok();
-            let admin = tokio::net::UnixStream::connect(&socket).await.is_ok();
-            (proxy && admin).then_some(())
+            if !proxy || tokio::net::UnixStream::connect(&socket).await.is_err() {
+                return None;
+            }
+            let (_, st) = admin(&socket, "GET", "/v1/status", None).await;
+            let ready =
+                st["pools"]["blue"]["ready"] == true && st["pools"]["green"]["ready"] == true;
+            ready.then_some(())
         }
     })
     .await;

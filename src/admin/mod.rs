@@ -20,6 +20,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::{Config, MAX_BP};
+use crate::metrics::{Metrics, STATUS_WINDOW};
 use crate::routing::{other, PoolId, RouteState, Switchboard};
 use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoredRoute};
 
@@ -156,6 +157,16 @@ pub struct PoolStatus {
     pub healthy: usize,
     pub backends: Vec<BackendStatus>,
     pub inflight: usize,
+    /// Share of new traffic this pool gets, in basis points.
+    pub weight_bp: u32,
+    /// Requests finished over the last `window_s` seconds, and figures over them.
+    pub requests: u64,
+    pub window_s: u64,
+    pub rps: f64,
+    /// (5xx + upstream errors) / requests.
+    pub error_ratio: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -190,6 +201,7 @@ struct Ledger {
 /// The admin handler: owns the switchboard's writes, the state file and the history.
 pub struct Admin {
     switchboard: Arc<Switchboard>,
+    metrics: Arc<Metrics>,
     store: StateStore,
     names: Vec<String>,
     min_healthy: usize,
@@ -208,7 +220,7 @@ pub mod action {
 impl Admin {
     /// Restores the routing state from the state directory (a valid file wins over
     /// `initial_primary`), logs which won, and builds the switchboard.
-    pub fn start(config: &Config) -> (Arc<Switchboard>, Admin) {
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> (Arc<Switchboard>, Admin) {
         let store = StateStore::new(&config.state.dir);
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let initial = RouteState {
@@ -261,6 +273,7 @@ impl Admin {
         let switchboard = Arc::new(Switchboard::new(config, state));
         let admin = Admin {
             switchboard: switchboard.clone(),
+            metrics,
             store,
             names,
             min_healthy: config.health.min_healthy,
@@ -442,6 +455,10 @@ impl Admin {
         }
         ledger.previous = Some(cur);
         ledger.since = since.clone();
+        self.metrics.record_change(action);
+        if action == action::ROLLBACK {
+            self.metrics.record_rollback("manual");
+        }
 
         let entry = HistoryEntry {
             ts: since,
@@ -527,8 +544,11 @@ impl Admin {
         let pools = table
             .pools
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(id, p)| {
                 let healthy = p.healthy_count();
+                let w = self.metrics.window(id).stats(STATUS_WINDOW);
+                let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
                 (
                     p.name.clone(),
                     PoolStatus {
@@ -543,6 +563,17 @@ impl Admin {
                             })
                             .collect(),
                         inflight: p.inflight(),
+                        weight_bp: if id == st.primary {
+                            MAX_BP - st.canary_bp
+                        } else {
+                            st.canary_bp
+                        },
+                        requests: w.requests,
+                        window_s: w.seconds,
+                        rps: w.rps(),
+                        error_ratio: w.error_ratio(),
+                        p50_ms: ms(w.p50),
+                        p99_ms: ms(w.p99),
                     },
                 )
             })
@@ -567,12 +598,12 @@ mod tests {
     fn admin() -> (tempfile::TempDir, Admin) {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[state]\ndir = \"{}\"\n[pools.blue]\nbackends = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n\
+            "[health]\nenabled = false\n[state]\ndir = \"{}\"\n[pools.blue]\nbackends = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n\
              [pools.green]\nbackends = [\"127.0.0.1:3\"]\n",
             dir.path().display()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let (_sb, admin) = Admin::start(&config);
+        let (_sb, admin) = Admin::start(&config, Arc::new(Metrics::new(&config)));
         (dir, admin)
     }
 
@@ -744,11 +775,12 @@ mod tests {
         let (dir, admin) = admin();
         change(admin.handle(flip("green"), "t"));
         let text = format!(
-            "[state]\ndir = \"{}\"\n[pools.blue]\nbackends = [\"127.0.0.1:1\"]\n\
+            "[health]\nenabled = false\n[state]\ndir = \"{}\"\n[pools.blue]\nbackends = [\"127.0.0.1:1\"]\n\
              [pools.green]\nbackends = [\"127.0.0.1:3\"]\n",
             dir.path().display()
         );
-        let (sb, again) = Admin::start(&Config::parse(&text, "t").unwrap());
+        let config = Config::parse(&text, "t").unwrap();
+        let (sb, again) = Admin::start(&config, Arc::new(Metrics::new(&config)));
         assert_eq!(sb.state().primary, 1);
         assert_eq!(sb.state().generation, 1);
         // The previous state survives too: rollback works right after a restart.

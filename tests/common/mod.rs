@@ -232,6 +232,10 @@ pub struct Proxy {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Health checks fast enough for tests.
+pub const FAST_HEALTH: &str =
+    "[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n\n";
+
 /// The TOML for two pools, `blue` and `green`, plus `extra` sections.
 ///
 /// `{dir}` in `extra` is replaced by the proxy's temp dir.
@@ -252,13 +256,39 @@ pub fn pools_toml(blue: &[SocketAddr], green: &[SocketAddr]) -> String {
 impl Proxy {
     /// Starts a proxy from `toml` (pools and any sections besides `[listen]`, `[admin]`,
     /// `[metrics]` and `[state]`, which the harness fills in) and waits until it accepts.
+    ///
+    /// Unless `toml` has its own `[health]`, checks run every 100 ms with rise = fall = 1, and
+    /// this waits until every backend is healthy.
     pub async fn start(toml: &str) -> Proxy {
+        let p = Proxy::start_with(toml, true).await;
+        p.wait_ready().await;
+        p
+    }
+
+    /// Like [`Proxy::start`], but does not wait for the pools to become ready.
+    pub async fn start_unready(toml: &str) -> Proxy {
         Proxy::start_with(toml, true).await
     }
 
     /// Like [`Proxy::start`], but `toml` brings its own `[admin]` section.
     pub async fn start_raw(toml: &str) -> Proxy {
-        Proxy::start_with(toml, false).await
+        let p = Proxy::start_with(toml, false).await;
+        p.wait_ready().await;
+        p
+    }
+
+    /// Waits until every backend of both pools is healthy.
+    pub async fn wait_ready(&self) {
+        let sb = self.switchboard.clone();
+        wait_for("every backend to be healthy", READY_DEADLINE, || {
+            let t = sb.load();
+            let ready = t
+                .pools
+                .iter()
+                .all(|p| p.healthy_count() == p.backends.len());
+            async move { ready.then_some(()) }
+        })
+        .await;
     }
 
     async fn start_with(toml: &str, admin_section: bool) -> Proxy {
@@ -272,8 +302,13 @@ impl Proxy {
         } else {
             String::new()
         };
+        let health = if toml.contains("[health]") {
+            ""
+        } else {
+            FAST_HEALTH
+        };
         let full = format!(
-            "[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\n{admin}\
+            "{health}[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\n{admin}\
              [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
              [state]\ndir = \"{d}/state\"\n\n{toml}",
             d = dir.path().display(),

@@ -1,0 +1,590 @@
+//! Metrics: per-pool Prometheus series, and the sliding-window figures that `status`, `watch`
+//! and the guard read.
+//!
+//! Every series of SPEC §5 lives in our own [`Registry`] (never pingora's or the crate's global
+//! one). Handles are resolved once at start-up and indexed by pool, so the request path does no
+//! label hashing and takes no lock: a request costs a few atomic adds and one histogram
+//! observation. Gauges that describe state (health, weights, in-flight) are not updated on the
+//! request path at all; they are sampled from the live state when `/metrics` is scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{Config, POOL_COUNT};
+use crate::httpd::{self, Listener};
+use crate::routing::{PoolId, Switchboard};
+
+/// Metric names, in one place (SPEC §5).
+pub mod names {
+    pub const REQUESTS: &str = "switchyard_requests_total";
+    pub const DURATION: &str = "switchyard_request_duration_seconds";
+    pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
+    pub const INFLIGHT: &str = "switchyard_inflight_requests";
+    pub const BACKEND_HEALTHY: &str = "switchyard_backend_healthy";
+    pub const WEIGHT_BP: &str = "switchyard_pool_weight_bp";
+    pub const PRIMARY: &str = "switchyard_primary";
+    pub const GENERATION: &str = "switchyard_generation";
+    pub const CHANGES: &str = "switchyard_changes_total";
+    pub const ROLLBACKS: &str = "switchyard_rollbacks_total";
+    pub const FAILOVERS: &str = "switchyard_failovers_total";
+    pub const PREVIEW_REJECTED: &str = "switchyard_preview_rejected_total";
+    pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+    pub const NOTIFY_FAILURES: &str = "switchyard_notify_failures_total";
+}
+
+/// Latency buckets for a proxy: from 0.5 ms (a cached or local answer) to 10 s (a timeout).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// HTTP status classes, the `code` label.
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// What went wrong talking to a backend, the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Other = 3,
+}
+
+pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "other"];
+
+/// The status class index of `status` (100–599), or `None` for no response.
+pub fn code_class(status: u16) -> Option<usize> {
+    match status {
+        100..=599 => Some(usize::from(status / 100 - 1)),
+        _ => None,
+    }
+}
+
+/// One pool's request-path series.
+pub struct PoolMetrics {
+    requests: [IntCounter; 5],
+    duration: Histogram,
+    upstream_errors: [IntCounter; 4],
+    /// Sliding-window figures for `status` and the guard.
+    pub window: Window,
+}
+
+/// All of switchyard's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pools: [PoolMetrics; POOL_COUNT],
+    pool_names: [String; POOL_COUNT],
+    inflight: IntGaugeVec,
+    backend_healthy: IntGaugeVec,
+    weight_bp: IntGaugeVec,
+    primary: IntGaugeVec,
+    generation: IntGauge,
+    changes: IntCounterVec,
+    rollbacks: IntCounterVec,
+    /// `[from][to]`.
+    failovers: [[Option<IntCounter>; POOL_COUNT]; POOL_COUNT],
+    pub preview_rejected: IntCounter,
+    config_reloads: IntCounterVec,
+    pub notify_failures: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("unique metric");
+    v
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("unique metric");
+    v
+}
+
+impl Metrics {
+    /// Registers every series and resolves the per-pool handles.
+    pub fn new(config: &Config) -> Metrics {
+        let registry = Registry::new();
+        let pool_names = [config.pools[0].name.clone(), config.pools[1].name.clone()];
+        let requests = counter_vec(
+            &registry,
+            names::REQUESTS,
+            "Requests answered, by pool and status class.",
+            &["pool", "code"],
+        );
+        let duration = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                names::DURATION,
+                "Time from the request's arrival to the end of its response, by pool.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["pool"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique metric");
+        let upstream_errors = counter_vec(
+            &registry,
+            names::UPSTREAM_ERRORS,
+            "Failures talking to a backend, by pool and kind (connect, timeout, reset, other).",
+            &["pool", "kind"],
+        );
+        let window_secs = config.guard.window.as_secs().max(STATUS_WINDOW.as_secs()) as usize;
+        let pool = |name: &str| PoolMetrics {
+            requests: CODE_CLASSES.map(|c| requests.with_label_values(&[name, c])),
+            duration: duration.with_label_values(&[name]),
+            upstream_errors: ERROR_KINDS.map(|k| upstream_errors.with_label_values(&[name, k])),
+            window: Window::new(window_secs),
+        };
+        let pools = [pool(&pool_names[0]), pool(&pool_names[1])];
+
+        let failovers = counter_vec(
+            &registry,
+            names::FAILOVERS,
+            "Requests sent to the other pool because theirs had no healthy backend.",
+            &["from", "to"],
+        );
+        let fo = |from: PoolId, to: PoolId| {
+            (from != to).then(|| failovers.with_label_values(&[&pool_names[from], &pool_names[to]]))
+        };
+        let failovers = [[fo(0, 0), fo(0, 1)], [fo(1, 0), fo(1, 1)]];
+
+        let preview_rejected = IntCounter::new(
+            names::PREVIEW_REJECTED,
+            "Requests that asked for a pool without a valid preview token (the header was ignored).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(preview_rejected.clone()))
+            .expect("unique metric");
+        let notify_failures = IntCounter::new(
+            names::NOTIFY_FAILURES,
+            "Notifications that could not be delivered after every retry.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(notify_failures.clone()))
+            .expect("unique metric");
+        let generation = IntGauge::new(
+            names::GENERATION,
+            "Generation of the routing state; bumped by every change.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(generation.clone()))
+            .expect("unique metric");
+
+        let m = Metrics {
+            inflight: gauge_vec(
+                &registry,
+                names::INFLIGHT,
+                "Requests in flight, by pool.",
+                &["pool"],
+            ),
+            backend_healthy: gauge_vec(
+                &registry,
+                names::BACKEND_HEALTHY,
+                "1 if the backend passes its health checks.",
+                &["pool", "backend"],
+            ),
+            weight_bp: gauge_vec(
+                &registry,
+                names::WEIGHT_BP,
+                "Share of new traffic each pool gets, in basis points (10000 = 100%).",
+                &["pool"],
+            ),
+            primary: gauge_vec(
+                &registry,
+                names::PRIMARY,
+                "1 for the primary pool.",
+                &["pool"],
+            ),
+            changes: counter_vec(
+                &registry,
+                names::CHANGES,
+                "Routing changes applied, by action.",
+                &["action"],
+            ),
+            rollbacks: counter_vec(
+                &registry,
+                names::ROLLBACKS,
+                "Rollbacks, by trigger (manual or guard).",
+                &["trigger"],
+            ),
+            config_reloads: counter_vec(
+                &registry,
+                names::CONFIG_RELOADS,
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            registry,
+            pools,
+            pool_names,
+            generation,
+            failovers,
+            preview_rejected,
+            notify_failures,
+        };
+        // Series that should read 0 rather than be absent before the first event.
+        for t in ["manual", "guard"] {
+            m.rollbacks.with_label_values(&[t]);
+        }
+        for r in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[r]);
+        }
+        m
+    }
+
+    /// Records a finished request on `pool`. `status` 0 means no response was sent.
+    #[inline]
+    pub fn record_request(&self, pool: PoolId, status: u16, elapsed: Duration, failed: bool) {
+        let p = &self.pools[pool];
+        if let Some(c) = code_class(status) {
+            p.requests[c].inc();
+        }
+        let secs = elapsed.as_secs_f64();
+        p.duration.observe(secs);
+        p.window.record(elapsed, failed || status >= 500);
+    }
+
+    #[inline]
+    pub fn record_upstream_error(&self, pool: PoolId, kind: UpstreamErrorKind) {
+        self.pools[pool].upstream_errors[kind as usize].inc();
+    }
+
+    #[inline]
+    pub fn record_failover(&self, from: PoolId, to: PoolId) {
+        if let Some(c) = &self.failovers[from][to] {
+            c.inc();
+        }
+    }
+
+    pub fn record_change(&self, action: &str) {
+        self.changes.with_label_values(&[action]).inc();
+    }
+
+    pub fn record_rollback(&self, trigger: &str) {
+        self.rollbacks.with_label_values(&[trigger]).inc();
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The sliding window of `pool`.
+    pub fn window(&self, pool: PoolId) -> &Window {
+        &self.pools[pool].window
+    }
+
+    /// The Prometheus text exposition, with state gauges sampled from `switchboard` now.
+    pub fn render(&self, switchboard: &Switchboard) -> Vec<u8> {
+        let table = switchboard.load();
+        let st = table.state;
+        for (id, pool) in table.pools.iter().enumerate() {
+            let name = &self.pool_names[id];
+            self.inflight
+                .with_label_values(&[name])
+                .set(pool.inflight() as i64);
+            for b in &pool.backends {
+                self.backend_healthy
+                    .with_label_values(&[name, &b.addr.to_string()])
+                    .set(i64::from(b.is_healthy()));
+            }
+            let weight = if id == st.primary {
+                crate::config::MAX_BP - st.canary_bp
+            } else {
+                st.canary_bp
+            };
+            self.weight_bp
+                .with_label_values(&[name])
+                .set(i64::from(weight));
+            self.primary
+                .with_label_values(&[name])
+                .set(i64::from(id == st.primary));
+        }
+        self.generation.set(st.generation as i64);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on the metrics listener.
+pub struct MetricsService {
+    metrics: Arc<Metrics>,
+    switchboard: Arc<Switchboard>,
+    listener: std::sync::Mutex<Option<Listener>>,
+}
+
+impl MetricsService {
+    pub fn new(metrics: Arc<Metrics>, switchboard: Arc<Switchboard>, listener: Listener) -> Self {
+        MetricsService {
+            metrics,
+            switchboard,
+            listener: std::sync::Mutex::new(Some(listener)),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for MetricsService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let (metrics, switchboard) = (self.metrics.clone(), self.switchboard.clone());
+        httpd::serve(
+            listener,
+            move |req, _peer| {
+                let resp = if req.uri().path() != "/metrics" {
+                    httpd::text(404, "not found; metrics are at /metrics\n")
+                } else if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD
+                {
+                    httpd::text(405, "GET /metrics\n")
+                } else {
+                    let mut r = httpd::text(200, metrics.render(&switchboard));
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    );
+                    r
+                };
+                async move { resp }
+            },
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// The window `status` and `watch` report over.
+pub const STATUS_WINDOW: Duration = Duration::from_secs(10);
+
+/// Latency bucket upper bounds of the window histogram, in microseconds: 100 µs to ~60 s in
+/// steps of about 25 %, so a percentile read from it is within a quarter of the truth.
+fn window_bounds() -> &'static [u64] {
+    static BOUNDS: OnceLock<Vec<u64>> = OnceLock::new();
+    BOUNDS.get_or_init(|| {
+        let mut v = Vec::new();
+        let mut b = 100.0f64;
+        while b < 60_000_000.0 {
+            v.push(b as u64);
+            b *= 1.25;
+        }
+        v.push(u64::MAX);
+        v
+    })
+}
+
+/// The monotonic second counter the window is keyed by.
+fn now_secs() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs()
+}
+
+/// One second's figures.
+struct Slot {
+    /// Which second (of [`now_secs`]) this slot holds; a slot from an older lap is stale.
+    second: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: Vec<AtomicU64>,
+}
+
+/// A lock-free sliding window of per-second slots: request count, error count and a latency
+/// histogram per second, for the last `len` seconds.
+///
+/// Recording is a handful of relaxed atomic adds. When a request lands in a slot left over from
+/// an earlier lap, the first recorder to notice claims it (compare-and-swap on `second`) and
+/// clears it; a request recorded concurrently with that clearing may be lost, which is a rounding
+/// error for the rates and ratios this serves, and why exact counts come from Prometheus instead.
+pub struct Window {
+    slots: Vec<Slot>,
+}
+
+/// Figures over a span of the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowStats {
+    pub requests: u64,
+    pub errors: u64,
+    /// The span the figures cover, in seconds.
+    pub seconds: u64,
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+}
+
+impl WindowStats {
+    pub fn rps(&self) -> f64 {
+        if self.seconds == 0 {
+            0.0
+        } else {
+            self.requests as f64 / self.seconds as f64
+        }
+    }
+
+    pub fn error_ratio(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+impl Window {
+    /// A window able to answer for the last `secs` seconds.
+    pub fn new(secs: usize) -> Window {
+        let n = secs + 2;
+        let buckets = window_bounds().len();
+        Window {
+            slots: (0..n)
+                .map(|_| Slot {
+                    second: AtomicU64::new(u64::MAX),
+                    requests: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                    latency: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Records one finished request.
+    #[inline]
+    pub fn record(&self, latency: Duration, error: bool) {
+        let now = now_secs();
+        let slot = &self.slots[(now % self.slots.len() as u64) as usize];
+        let seen = slot.second.load(Ordering::Acquire);
+        if seen != now
+            && slot
+                .second
+                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.errors.store(0, Ordering::Relaxed);
+            for b in &slot.latency {
+                b.store(0, Ordering::Relaxed);
+            }
+        }
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let idx = window_bounds().partition_point(|&b| b < us);
+        slot.latency[idx].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Figures over the last `span` (whole seconds, including the current, partial one).
+    pub fn stats(&self, span: Duration) -> WindowStats {
+        let now = now_secs();
+        let secs = span.as_secs().clamp(1, self.slots.len() as u64 - 1);
+        let bounds = window_bounds();
+        let mut hist = vec![0u64; bounds.len()];
+        let mut s = WindowStats {
+            seconds: secs,
+            ..WindowStats::default()
+        };
+        for back in 0..secs {
+            let Some(second) = now.checked_sub(back) else {
+                break;
+            };
+            let slot = &self.slots[(second % self.slots.len() as u64) as usize];
+            if slot.second.load(Ordering::Acquire) != second {
+                continue;
+            }
+            s.requests += slot.requests.load(Ordering::Relaxed);
+            s.errors += slot.errors.load(Ordering::Relaxed);
+            for (h, b) in hist.iter_mut().zip(&slot.latency) {
+                *h += b.load(Ordering::Relaxed);
+            }
+        }
+        let total: u64 = hist.iter().sum();
+        let pct = |q: f64| {
+            if total == 0 {
+                return None;
+            }
+            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut acc = 0;
+            for (i, &n) in hist.iter().enumerate() {
+                acc += n;
+                if acc >= rank {
+                    let us = bounds[i].min(60_000_000);
+                    return Some(Duration::from_micros(us));
+                }
+            }
+            None
+        };
+        s.p50 = pct(0.50);
+        s.p99 = pct(0.99);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(code_class(101), Some(0));
+        assert_eq!(code_class(200), Some(1));
+        assert_eq!(code_class(404), Some(3));
+        assert_eq!(code_class(503), Some(4));
+        assert_eq!(code_class(0), None);
+    }
+
+    #[test]
+    fn the_window_counts_and_estimates_percentiles() {
+        let w = Window::new(10);
+        for _ in 0..98 {
+            w.record(Duration::from_millis(2), false);
+        }
+        w.record(Duration::from_millis(300), true);
+        w.record(Duration::from_millis(300), true);
+        let s = w.stats(Duration::from_secs(10));
+        assert_eq!((s.requests, s.errors), (100, 2));
+        assert!((s.error_ratio() - 0.02).abs() < 1e-9);
+        let p50 = s.p50.unwrap();
+        assert!(
+            p50 >= Duration::from_millis(2) && p50 <= Duration::from_micros(2_500),
+            "{p50:?}"
+        );
+        let p99 = s.p99.unwrap();
+        assert!(
+            p99 >= Duration::from_millis(300) && p99 <= Duration::from_millis(375),
+            "{p99:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_window_has_no_percentiles() {
+        let s = Window::new(5).stats(Duration::from_secs(5));
+        assert_eq!((s.requests, s.p50, s.p99), (0, None, None));
+        assert_eq!(s.error_ratio(), 0.0);
+    }
+}
