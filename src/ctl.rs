@@ -76,6 +76,23 @@ pub enum Verb {
     },
     /// Re-read the configuration file.
     Reload,
+    /// Watch both colours side by side, refreshed every second: rate, errors, p50/p99,
+    /// in-flight, healthy backends, weights. Ctrl-C to stop.
+    Watch {
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+    /// Wait until POOL has no request in flight and gets no new traffic, so the old colour can
+    /// be stopped. Exit 0 when drained, 1 on timeout.
+    WaitDrained {
+        pool: String,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// Options every change takes.
@@ -138,7 +155,17 @@ pub fn run(args: CtlArgs) -> ExitCode {
     }
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s, 5m"))
+}
+
 async fn execute(args: &CtlArgs) -> Result<String, Failure> {
+    match &args.verb {
+        Verb::Watch { interval, count } => return watch(args, *interval, *count).await,
+        Verb::WaitDrained { pool, timeout } => return wait_drained(args, pool, *timeout).await,
+        _ => {}
+    }
     let (method, path, body) = request_for(&args.verb)?;
     let answer = call(args, method, &path, body).await?;
     if args.json {
@@ -171,6 +198,7 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
         Verb::Rollback { change } => post("/v1/rollback", change.body(json!({}))),
         Verb::History { n } => ("GET", format!("/v1/history?limit={n}"), None),
         Verb::Reload => post("/v1/reload", json!({})),
+        Verb::Watch { .. } | Verb::WaitDrained { .. } => ("GET", "/v1/status".into(), None),
     })
 }
 
@@ -319,6 +347,7 @@ fn render(verb: &Verb, a: &Value) -> String {
         Verb::Status => render_status(a),
         Verb::History { .. } => render_history(a),
         Verb::Reload => "configuration reloaded".into(),
+        Verb::Watch { .. } | Verb::WaitDrained { .. } => render_status(a),
         _ => render_change(a),
     }
 }
@@ -366,27 +395,37 @@ fn render_change(a: &Value) -> String {
 
 fn render_status(a: &Value) -> String {
     let mut out = format!(
-        "{}\ngeneration {} since {}\n\n{:<12} {:<6} {:<9} {}\n",
+        "{}\ngeneration {} since {}\n\n{:<12} {:<7} {:<6} {:<8} {:<9} {:<8} {:<8} {}\n",
         routing_line(a),
         a["generation"].as_u64().unwrap_or(0),
         s(&a["since"]),
         "POOL",
+        "WEIGHT",
         "READY",
         "HEALTHY",
+        "RATE",
+        "ERRORS",
+        "P99",
         "INFLIGHT"
     );
     if let Some(pools) = a["pools"].as_object() {
         for (name, p) in pools {
             let backends = p["backends"].as_array().cloned().unwrap_or_default();
             out.push_str(&format!(
-                "{:<12} {:<6} {:<9} {}\n",
+                "{:<12} {:<7} {:<6} {:<8} {:<9} {:<8} {:<8} {}\n",
                 name,
+                format_percent(p["weight_bp"].as_u64().unwrap_or(0) as u32),
                 if p["ready"] == Value::Bool(true) {
                     "yes"
                 } else {
                     "NO"
                 },
                 format!("{}/{}", p["healthy"].as_u64().unwrap_or(0), backends.len()),
+                format!("{:.1}/s", p["rps"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}%", p["error_ratio"].as_f64().unwrap_or(0.0) * 100.0),
+                p["p99_ms"]
+                    .as_f64()
+                    .map_or("-".into(), |m| format!("{m:.1}ms")),
                 p["inflight"].as_u64().unwrap_or(0)
             ));
             for b in backends {
@@ -431,4 +470,167 @@ fn render_history(a: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+async fn status(args: &CtlArgs) -> Result<Value, Failure> {
+    call(args, "GET", "/v1/status", None).await
+}
+
+/// `ctl watch`: the two colours side by side, refreshed every `interval`.
+async fn watch(args: &CtlArgs, interval: Duration, count: u64) -> Result<String, Failure> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let mut n = 0u64;
+    loop {
+        let a = status(args).await?;
+        let frame = if args.json {
+            serde_json::to_string(&a).unwrap_or_default()
+        } else {
+            render_watch(&a)
+        };
+        let mut out = std::io::stdout().lock();
+        if tty && !args.json {
+            // Clear the screen and go home, like `watch(1)`.
+            let _ = write!(out, "\x1b[2J\x1b[H");
+        }
+        let _ = writeln!(out, "{frame}");
+        if !tty && !args.json {
+            let _ = writeln!(out);
+        }
+        let _ = out.flush();
+        n += 1;
+        if count > 0 && n >= count {
+            return Ok(String::new());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One row of `watch`: renders a pool's cell.
+type Cell<'a> = dyn Fn(&Value) -> String + 'a;
+
+fn render_watch(a: &Value) -> String {
+    let pools: Vec<(&String, &Value)> = a["pools"]
+        .as_object()
+        .map(|m| m.iter().collect())
+        .unwrap_or_default();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let mut out = format!(
+        "switchyard — {} — generation {} — {now}\n\n{:<12}",
+        routing_line(a),
+        a["generation"].as_u64().unwrap_or(0),
+        ""
+    );
+    for (name, _) in &pools {
+        let mark = if a["primary"].as_str() == Some(name.as_str()) {
+            " (live)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("{:<18}", format!("{name}{mark}")));
+    }
+    out.push('\n');
+    let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |m| format!("{m:.1} ms"));
+    let rows: [(&str, &Cell<'_>); 7] = [
+        ("weight", &|p| {
+            format_percent(p["weight_bp"].as_u64().unwrap_or(0) as u32)
+        }),
+        ("healthy", &|p| {
+            let total = p["backends"].as_array().map_or(0, |b| b.len());
+            let ready = if p["ready"] == Value::Bool(true) {
+                ""
+            } else {
+                " NOT READY"
+            };
+            format!("{}/{total}{ready}", p["healthy"].as_u64().unwrap_or(0))
+        }),
+        ("rate", &|p| {
+            format!("{:.1}/s", p["rps"].as_f64().unwrap_or(0.0))
+        }),
+        ("errors", &|p| {
+            format!("{:.2}%", p["error_ratio"].as_f64().unwrap_or(0.0) * 100.0)
+        }),
+        ("p50", &|p| ms(&p["p50_ms"])),
+        ("p99", &|p| ms(&p["p99_ms"])),
+        ("in flight", &|p| {
+            p["inflight"].as_u64().unwrap_or(0).to_string()
+        }),
+    ];
+    for (label, f) in rows {
+        out.push_str(&format!("{label:<12}"));
+        for (_, p) in &pools {
+            out.push_str(&format!("{:<18}", f(p)));
+        }
+        out.push('\n');
+    }
+    let window = pools
+        .first()
+        .and_then(|(_, p)| p["window_s"].as_u64())
+        .unwrap_or(10);
+    out.push_str(&format!(
+        "\n(rate, errors and latency over the last {window} s)"
+    ));
+    out
+}
+
+/// How often `wait-drained` looks, and how long a pool must stay quiet to count as drained.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+
+/// `ctl wait-drained POOL`: exit 0 once POOL has nothing in flight and no new traffic.
+async fn wait_drained(args: &CtlArgs, pool: &str, timeout: Duration) -> Result<String, Failure> {
+    let start = std::time::Instant::now();
+    let mut quiet_since: Option<(std::time::Instant, u64)> = None;
+    loop {
+        let a = status(args).await?;
+        let p = &a["pools"][pool];
+        if p.is_null() {
+            let known: Vec<&String> = a["pools"]
+                .as_object()
+                .map(|m| m.keys().collect())
+                .unwrap_or_default();
+            return Err(usage(format!(
+                "error: unknown pool `{pool}`; the pools are {known:?}"
+            )));
+        }
+        let weight = p["weight_bp"].as_u64().unwrap_or(0);
+        if weight > 0 {
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "{pool} still gets {} of new traffic; flip away from it (or set its canary to 0) before waiting for it to drain",
+                    format_percent(weight as u32)
+                ),
+            });
+        }
+        let inflight = p["inflight"].as_u64().unwrap_or(0);
+        let served = p["served"].as_u64().unwrap_or(0);
+        quiet_since = match quiet_since {
+            Some((t, s)) if inflight == 0 && s == served => Some((t, s)),
+            _ if inflight == 0 => Some((std::time::Instant::now(), served)),
+            _ => None,
+        };
+        if let Some((t, _)) = quiet_since {
+            if t.elapsed() >= DRAIN_QUIET {
+                return Ok(if args.json {
+                    serde_json::to_string_pretty(&json!({"pool": pool, "drained": true}))
+                        .unwrap_or_default()
+                } else {
+                    format!(
+                        "{pool} is drained: nothing in flight, no new requests for {DRAIN_QUIET:?}"
+                    )
+                });
+            }
+        }
+        if start.elapsed() >= timeout {
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "{pool} did not drain within {timeout:?}: {inflight} request(s) still in flight; \
+                     long requests or WebSockets may need more time (--timeout)"
+                ),
+            });
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
 }

@@ -286,6 +286,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Requests `pool` has answered since start.
+    pub fn served(&self, pool: PoolId) -> u64 {
+        self.pools[pool].requests.iter().map(|c| c.get()).sum()
+    }
+
     /// The sliding window of `pool`.
     pub fn window(&self, pool: PoolId) -> &Window {
         &self.pools[pool].window

@@ -312,3 +312,83 @@ async fn ctl_exit_codes_and_json() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("canary    blue -> blue + green 0.25%"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_watch_shows_both_colours() {
+    let f = Fixture::new("").await;
+    let s = serve(&f.config, f.port).await;
+    for _ in 0..5 {
+        get(s.addr, "/").await;
+    }
+    let out = ctl(&s.socket, &["watch", "--count", "2", "--interval", "100ms"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("switchyard — blue is live").count(),
+        2,
+        "{text}"
+    );
+    for row in [
+        "weight",
+        "healthy",
+        "rate",
+        "errors",
+        "p50",
+        "p99",
+        "in flight",
+    ] {
+        assert!(text.contains(row), "missing {row}: {text}");
+    }
+    assert!(
+        text.contains("blue (live)") && text.contains("green"),
+        "{text}"
+    );
+    assert!(text.contains("100%") && text.contains("1/1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_wait_drained_waits_for_the_old_colour() {
+    let f = Fixture::new("").await;
+    let s = serve(&f.config, f.port).await;
+    // The live pool is never drained: refused at once.
+    let out = ctl(&s.socket, &["wait-drained", "blue", "--timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still gets 100%"));
+
+    // A slow request on green, then flip away from green.
+    assert_eq!(ctl(&s.socket, &["flip", "green"]).status.code(), Some(0));
+    let addr = s.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow/2500").await });
+    let socket = s.socket.clone();
+    wait_for("the slow request on green", READY_DEADLINE, || {
+        let socket = socket.clone();
+        async move {
+            let (_, st) = admin(&socket, "GET", "/v1/status", None).await;
+            (st["pools"]["green"]["inflight"] == 1).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(ctl(&s.socket, &["flip", "blue"]).status.code(), Some(0));
+
+    let out = ctl(&s.socket, &["wait-drained", "green", "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(1), "still in flight: times out");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 request(s) still in flight"));
+
+    let socket = s.socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        ctl(&socket, &["wait-drained", "green", "--timeout", "20s"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        slow.is_finished(),
+        "drained only after the slow request finished"
+    );
+    assert_eq!(slow.await.unwrap().text(), "green");
+}

@@ -157,6 +157,8 @@ pub struct PoolStatus {
     pub healthy: usize,
     pub backends: Vec<BackendStatus>,
     pub inflight: usize,
+    /// Requests this pool has answered since start (all status classes).
+    pub served: u64,
     /// Share of new traffic this pool gets, in basis points.
     pub weight_bp: u32,
     /// Requests finished over the last `window_s` seconds, and figures over them.
@@ -563,6 +565,7 @@ impl Admin {
                             })
                             .collect(),
                         inflight: p.inflight(),
+                        served: self.metrics.served(id),
                         weight_bp: if id == st.primary {
                             MAX_BP - st.canary_bp
                         } else {

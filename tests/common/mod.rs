@@ -80,6 +80,24 @@ impl Body for Chunks {
     }
 }
 
+/// Behaviour a test can change while an upstream runs.
+pub struct Knobs {
+    pub healthy: std::sync::atomic::AtomicBool,
+    pub fail_every: AtomicUsize,
+}
+
+impl Upstream {
+    /// Makes `/healthz` pass or fail from now on.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.knobs.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Answers 500 to every `n`th request from now on (0: never).
+    pub fn fail_every(&self, n: usize) {
+        self.knobs.fail_every.store(n, Ordering::SeqCst);
+    }
+}
+
 /// Either body a test upstream answers with.
 pub type AnyBody = http_body_util::Either<Full<Bytes>, Chunks>;
 
@@ -102,6 +120,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Knobs: whether `/healthz` passes, and "answer 500 to every Nth request" (0 = never).
+    pub knobs: Arc<Knobs>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -113,10 +133,14 @@ impl Upstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let (n, h, s) = (name.to_string(), hits.clone(), seen.clone());
+        let knobs = Arc::new(Knobs {
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            fail_every: AtomicUsize::new(0),
+        });
+        let (n, h, s, k) = (name.to_string(), hits.clone(), seen.clone(), knobs.clone());
         tokio::spawn(httpd::serve(
             listener,
-            move |req, _peer| upstream_handler(n.clone(), h.clone(), s.clone(), req),
+            move |req, _peer| upstream_handler(n.clone(), h.clone(), s.clone(), k.clone(), req),
             rx,
         ));
         Upstream {
@@ -124,6 +148,7 @@ impl Upstream {
             addr,
             hits,
             seen,
+            knobs,
             shutdown: tx,
         }
     }
@@ -150,6 +175,7 @@ async fn upstream_handler(
     name: String,
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    knobs: Arc<Knobs>,
     mut req: Request<Incoming>,
 ) -> Response<AnyBody> {
     let path = req.uri().path().to_string();
@@ -183,9 +209,13 @@ async fn upstream_handler(
         Err(_) => return full(400, "bad body"),
     };
     if path == "/healthz" {
-        return full(200, "ok");
+        return if knobs.healthy.load(Ordering::SeqCst) {
+            full(200, "ok")
+        } else {
+            full(503, "unhealthy")
+        };
     }
-    hits.fetch_add(1, Ordering::SeqCst);
+    let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
     seen.lock().unwrap().push(Seen {
         method,
         path: path.clone(),
@@ -195,6 +225,10 @@ async fn upstream_handler(
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (verb, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let num = arg.parse::<usize>().unwrap_or(0);
+    let every = knobs.fail_every.load(Ordering::SeqCst);
+    if every > 0 && n.is_multiple_of(every) {
+        return full(500, format!("{name} failed"));
+    }
     match verb {
         "echo" => full(200, body),
         "bytes" => full(200, pattern(num)),
@@ -517,4 +551,38 @@ where
         )
     });
     (status, json)
+}
+
+/// The proxy's `/metrics`, parsed by a real Prometheus text parser.
+pub async fn scrape(proxy: &Proxy) -> prometheus_parse::Scrape {
+    let addr = proxy.config.metrics.listen.expect("metrics are on");
+    let r = get(addr, "/metrics").await;
+    assert_eq!(r.status, 200);
+    let lines = r
+        .text()
+        .lines()
+        .map(|l| Ok(l.to_string()))
+        .collect::<Vec<_>>();
+    prometheus_parse::Scrape::parse(lines.into_iter()).expect("the scrape parses")
+}
+
+/// The value of the sample `name` whose labels include all of `labels`.
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .next()
 }
