@@ -8,6 +8,16 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Waits until pool `id` has no healthy backend.
+async fn wait_pool_down(proxy: &Proxy, id: usize) {
+    let sb = proxy.switchboard.clone();
+    wait_for("the pool to be unhealthy", READY_DEADLINE, || {
+        let n = sb.load().pools[id].healthy_count();
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_backend_is_dropped_within_fall_intervals_and_returns_after_rise() {
     let b1 = Upstream::start("blue").await;
@@ -83,12 +93,7 @@ async fn the_health_gate_refuses_a_pool_with_no_healthy_backend_unless_forced() 
     let green = Upstream::start("green").await;
     let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
     green.set_healthy(false);
-    let sb = proxy.switchboard.clone();
-    wait_for("green to be unhealthy", READY_DEADLINE, || {
-        let n = sb.load().pools[1].healthy_count();
-        async move { (n == 0).then_some(()) }
-    })
-    .await;
+    wait_pool_down(&proxy, 1).await;
     let before = proxy.switchboard.state();
     for (path, body) in [
         ("/v1/flip", json!({"to": "green"})),
@@ -141,12 +146,7 @@ async fn a_dead_canary_pool_fails_over_to_the_primary_and_is_counted() {
     assert_eq!(get(proxy.addr, "/").await.text(), "green");
 
     green.set_healthy(false);
-    let sb = proxy.switchboard.clone();
-    wait_for("green to be unhealthy", READY_DEADLINE, || {
-        let n = sb.load().pools[1].healthy_count();
-        async move { (n == 0).then_some(()) }
-    })
-    .await;
+    wait_pool_down(&proxy, 1).await;
     let green_hits = green.hits();
     let mut client = Client::connect(proxy.addr).await;
     for _ in 0..12 {
