@@ -1,0 +1,46 @@
+//! The framework's floor: the smallest pingora proxy that forwards to one fixed peer. The load
+//! comparison (`benches/compare.sh`) runs it next to switchyard, so switchyard's own overhead over
+//! pingora is visible.
+//!
+//! Usage: `bare_pingora LISTEN UPSTREAM [THREADS]`, e.g. `bare_pingora 127.0.0.1:6188 127.0.0.1:8000 1`.
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::{Opt, ServerConf};
+use std::time::Duration;
+
+struct Bare(std::net::SocketAddr);
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.0, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (listen, upstream) = match (args.get(1), args.get(2)) {
+        (Some(l), Some(u)) => (l.clone(), u.parse().expect("UPSTREAM is IP:port")),
+        _ => panic!("usage: bare_pingora LISTEN UPSTREAM [THREADS]"),
+    };
+    let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut svc = http_proxy_service(&server.configuration, Bare(upstream));
+    svc.add_tcp(&listen);
+    server.add_service(svc);
+    server.run_forever();
+}
