@@ -27,7 +27,7 @@ fn state(generation: u64) -> RouteState {
 }
 
 fn bench_swap(c: &mut Criterion) {
-    let board = Switchboard::new(&config(), state(0));
+    let board = Switchboard::new(&config(), state(0), 7);
     let mut g = 0u64;
     c.bench_function("swap: build + store a new table", |b| {
         b.iter(|| {
@@ -68,7 +68,7 @@ fn bench_swap(c: &mut Criterion) {
         })
     });
 
-    let board = Switchboard::new(&config(), state(0));
+    let board = Switchboard::new(&config(), state(0), 7);
     c.bench_function("request side: load the table", |b| {
         b.iter(|| black_box(board.load().state.canary_bp))
     });

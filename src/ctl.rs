@@ -76,6 +76,8 @@ pub enum Verb {
     },
     /// Re-read the configuration file.
     Reload,
+    /// Print a signed cookie that lets a browser preview POOL (needs routing.preview_token_file).
+    PreviewCookie { pool: String },
     /// Watch both colours side by side, refreshed every second: rate, errors, p50/p99,
     /// in-flight, healthy backends, weights. Ctrl-C to stop.
     Watch {
@@ -198,6 +200,7 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
         Verb::Rollback { change } => post("/v1/rollback", change.body(json!({}))),
         Verb::History { n } => ("GET", format!("/v1/history?limit={n}"), None),
         Verb::Reload => post("/v1/reload", json!({})),
+        Verb::PreviewCookie { pool } => post("/v1/preview-cookie", json!({ "pool": pool })),
         Verb::Watch { .. } | Verb::WaitDrained { .. } => ("GET", "/v1/status".into(), None),
     })
 }
@@ -347,6 +350,12 @@ fn render(verb: &Verb, a: &Value) -> String {
         Verb::Status => render_status(a),
         Verb::History { .. } => render_history(a),
         Verb::Reload => "configuration reloaded".into(),
+        Verb::PreviewCookie { pool } => format!(
+            "{cookie}\n\nRequests carrying this cookie go to {pool} whatever the weights. In the \
+             browser's console on your site:\n  document.cookie = \"{cookie}; path=/\"\nWith curl: \
+             curl -b '{cookie}' ...\nDelete the cookie to leave the preview.",
+            cookie = s(&a["cookie"])
+        ),
         Verb::Watch { .. } | Verb::WaitDrained { .. } => render_status(a),
         _ => render_change(a),
     }

@@ -16,6 +16,7 @@ pub mod httpd;
 pub mod logging;
 pub mod metrics;
 pub mod pools;
+pub mod preview;
 pub mod proxy;
 pub mod routing;
 pub mod server;

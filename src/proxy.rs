@@ -14,9 +14,10 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Config, UpstreamConfig};
+use crate::config::{Config, Sticky, UpstreamConfig, MAX_BP};
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::routing::{other, PoolId, RoutingTable, Switchboard, BUCKETS};
+use crate::preview::{self, PreviewKey, PREVIEW_COOKIE};
+use crate::routing::{other, PoolId, RoutingTable, Switchboard};
 
 /// Response header naming the pool that served the request; request header for preview routing.
 pub const POOL_HEADER: &str = "x-switchyard-pool";
@@ -29,16 +30,35 @@ pub struct ProxySettings {
     pub response_header: bool,
     pub access_log: bool,
     pub upstream: UpstreamConfig,
+    pub sticky: Sticky,
+    /// The preview secret, when `routing.preview_token_file` is set.
+    pub preview: Option<PreviewKey>,
 }
 
 impl ProxySettings {
-    pub fn from_config(config: &Config) -> ProxySettings {
+    /// Settings from `config`; `preview` is the loaded preview token, if configured.
+    pub fn from_config(config: &Config, preview: Option<PreviewKey>) -> ProxySettings {
         ProxySettings {
             response_header: config.routing.response_header,
             access_log: config.log.access,
             upstream: config.upstream.clone(),
+            sticky: config.routing.sticky.clone(),
+            preview,
         }
     }
+}
+
+/// The cookie that keeps a browser on one colour during a canary.
+pub const STICKY_COOKIE: &str = "sy_uid";
+/// `Set-Cookie` attributes of [`STICKY_COOKIE`]: sent back on every path, hidden from scripts,
+/// kept for a year so a user stays put through a long rollout.
+const STICKY_COOKIE_ATTRS: &str = "; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax";
+
+/// A sticky cookie value we accept as is: what we set (32 hex digits), or anything similar.
+fn valid_uid(v: &[u8]) -> bool {
+    (8..=64).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
 }
 
 /// The proxy: stateless apart from the shared, lock-free [`Switchboard`].
@@ -65,6 +85,93 @@ impl Proxy {
             settings,
         }
     }
+}
+
+impl Proxy {
+    /// The pool a valid preview (token header or signed cookie) asks for. A pool header without
+    /// a valid token is ignored and counted.
+    fn preview_pool(&self, session: &Session, table: &RoutingTable) -> Option<PoolId> {
+        let headers = &session.req_header().headers;
+        let asked = headers.get(POOL_HEADER);
+        if let Some(key) = &self.settings.preview {
+            if let Some(name) = asked {
+                let token = headers
+                    .get(PREVIEW_TOKEN_HEADER)
+                    .map_or(&b""[..], |t| t.as_bytes());
+                if key.check_token(token) {
+                    if let Some(id) = pool_by_name(table, name.as_bytes()) {
+                        return Some(id);
+                    }
+                }
+            }
+            for h in headers.get_all("cookie") {
+                let Some(v) = preview::cookie(h.as_bytes(), PREVIEW_COOKIE) else {
+                    continue;
+                };
+                let pool = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| key.check_cookie(v));
+                if let Some(id) = pool.and_then(|p| pool_by_name(table, p.as_bytes())) {
+                    return Some(id);
+                }
+            }
+        }
+        if asked.is_some() {
+            self.metrics.preview_rejected.inc();
+        }
+        None
+    }
+
+    /// The pool by weight, keyed by the request's sticky key.
+    fn weighted_pool(
+        &self,
+        session: &Session,
+        table: &RoutingTable,
+        ctx: &mut RequestCtx,
+    ) -> PoolId {
+        let bp = table.state.canary_bp;
+        if bp == 0 || bp == MAX_BP {
+            // No split: no key to find, no cookie to set.
+            return table.pool_for_key(None);
+        }
+        let headers = &session.req_header().headers;
+        match &self.settings.sticky {
+            Sticky::None => table.pool_for_key(None),
+            Sticky::Header(name) => table.pool_for_key(headers.get(name).map(|v| v.as_bytes())),
+            Sticky::Ip => match session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+            {
+                Some(std::net::IpAddr::V4(ip)) => table.pool_for_key(Some(&ip.octets())),
+                Some(std::net::IpAddr::V6(ip)) => table.pool_for_key(Some(&ip.octets())),
+                None => table.pool_for_key(None),
+            },
+            Sticky::Cookie => {
+                let existing = headers
+                    .get_all("cookie")
+                    .iter()
+                    .find_map(|h| preview::cookie(h.as_bytes(), STICKY_COOKIE))
+                    .filter(|v| valid_uid(v));
+                match existing {
+                    Some(uid) => table.pool_for_key(Some(uid)),
+                    None => {
+                        // A new visitor: give them an id now and route by it, so this first
+                        // request already goes where all their later ones will.
+                        let uid = format!("{:032x}", rand::random::<u128>());
+                        let pool = table.pool_for_key(Some(uid.as_bytes()));
+                        ctx.set_cookie = Some(uid);
+                        pool
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The index of the pool whose name is `name`.
+fn pool_by_name(table: &RoutingTable, name: &[u8]) -> Option<PoolId> {
+    table.pools.iter().position(|p| p.name.as_bytes() == name)
 }
 
 /// What a failed exchange with a backend counts as.
@@ -105,6 +212,10 @@ impl Drop for Route {
 /// Per-request state: the routing decision, made once and kept.
 pub struct RequestCtx {
     route: Option<Route>,
+    /// A fresh `sy_uid` to set on the response.
+    set_cookie: Option<String>,
+    /// The request chose its pool with a valid preview token or cookie.
+    preview: bool,
     backend: Option<usize>,
     /// The backend that refused a connection, to be avoided on the one retry.
     failed_backend: Option<usize>,
@@ -127,6 +238,8 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             route: None,
+            set_cookie: None,
+            preview: false,
             backend: None,
             failed_backend: None,
             connect_retries: 0,
@@ -136,17 +249,17 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let table = self.switchboard.load_full();
-        let bucket = if table.state.canary_bp == 0 {
-            BUCKETS
-        } else {
-            request_bucket()
+        let (chosen, preview) = match self.preview_pool(session, &table) {
+            Some(pool) => (pool, true),
+            None => (self.weighted_pool(session, &table, ctx), false),
         };
-        let chosen = table.pool_for_bucket(bucket);
+        ctx.preview = preview;
         // A pool with no healthy backend fails over to the other colour when that one can
         // serve; with neither, the request gets 503 now rather than a connect timeout later.
+        // A preview never fails over: it asked for one pool and must see that pool.
         let pool = if table.pool(chosen).healthy_count() > 0 {
             chosen
-        } else if table.pool(other(chosen)).healthy_count() > 0 {
+        } else if !preview && table.pool(other(chosen)).healthy_count() > 0 {
             self.metrics.record_failover(chosen, other(chosen));
             other(chosen)
         } else {
@@ -257,6 +370,10 @@ impl ProxyHttp for Proxy {
                     .insert_header(POOL_HEADER, self.pool_header_values[route.pool].clone())?;
             }
         }
+        if let Some(uid) = ctx.set_cookie.take() {
+            let cookie = format!("{STICKY_COOKIE}={uid}{STICKY_COOKIE_ATTRS}");
+            upstream_response.append_header("set-cookie", cookie)?;
+        }
         Ok(())
     }
 
@@ -299,19 +416,4 @@ impl ProxyHttp for Proxy {
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );
     }
-}
-
-/// A per-request bucket for requests that have no sticky key.
-fn request_bucket() -> u32 {
-    use std::cell::Cell;
-    thread_local! {
-        static NEXT: Cell<u64> = const { Cell::new(0) };
-    }
-    // A per-thread Weyl sequence through the bucket space: an even spread over every window of
-    // requests without an RNG call or shared counter.
-    NEXT.with(|n| {
-        let v = n.get().wrapping_add(6_151);
-        n.set(v);
-        (v % u64::from(BUCKETS)) as u32
-    })
 }

@@ -6,7 +6,10 @@
 //! lock; writers serialise among themselves (see `admin`).
 //!
 //! The choice itself ([`RoutingTable::pool_for_bucket`]) is a pure function of the table and the
-//! request's bucket, so it is tested exhaustively without a network.
+//! request's bucket, so it is tested exhaustively without a network. A request's bucket comes from
+//! its sticky key (cookie, header or client IP, per `routing.sticky`) hashed with a salt that is
+//! part of the durable state, so a user keeps their bucket across restarts ([`bucket`]); a request
+//! without a key takes the next step of a per-thread low-discrepancy sequence ([`next_bucket`]).
 
 use std::sync::Arc;
 
@@ -47,6 +50,8 @@ pub fn other(pool: PoolId) -> PoolId {
 #[derive(Debug)]
 pub struct RoutingTable {
     pub state: RouteState,
+    /// Seed of the sticky-key hash; fixed for the life of the state file.
+    pub salt: u64,
     /// The two pools. Shared between table versions: a flip does not rebuild them, so backend
     /// health and round-robin positions carry over.
     pub pools: Arc<[Pool; POOL_COUNT]>,
@@ -66,10 +71,51 @@ impl RoutingTable {
         }
     }
 
+    /// The pool for a request with sticky `key` (`None`: no key, split per request).
+    #[inline]
+    pub fn pool_for_key(&self, key: Option<&[u8]>) -> PoolId {
+        match self.state.canary_bp {
+            0 => self.state.primary,
+            MAX_BP => self.state.canary_pool(),
+            _ => self.pool_for_bucket(match key {
+                Some(k) => bucket(self.salt, k),
+                None => next_bucket(),
+            }),
+        }
+    }
+
     /// The pool by index.
     pub fn pool(&self, id: PoolId) -> &Pool {
         &self.pools[id]
     }
+}
+
+/// The bucket (0..10000) of a sticky key: a keyed xxh3 hash, reduced modulo 10 000.
+///
+/// xxh3 is fast (a few ns for a cookie-sized key) and its output is fixed by its specification,
+/// so buckets do not move when the binary is rebuilt. The salt keeps buckets from being the same
+/// across deployments and is kept in `state.json` so they survive restarts.
+#[inline]
+pub fn bucket(salt: u64, key: &[u8]) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64_with_seed(key, salt) % u64::from(BUCKETS)) as u32
+}
+
+/// The bucket for a request that has no sticky key.
+///
+/// Each thread walks the buckets in steps of 6151 (coprime with 10 000): every 10 000 consecutive
+/// requests of a thread visit every bucket exactly once, and any shorter run is spread evenly, so
+/// the split matches the weight closely at every scale, without an RNG call or a shared counter.
+#[inline]
+pub fn next_bucket() -> u32 {
+    use std::cell::Cell;
+    thread_local! {
+        static NEXT: Cell<u32> = const { Cell::new(0) };
+    }
+    NEXT.with(|n| {
+        let v = (n.get() + 6_151) % BUCKETS;
+        n.set(v);
+        v
+    })
 }
 
 /// The shared routing state: what the proxy reads on every request and the admin API replaces.
@@ -79,11 +125,11 @@ pub struct Switchboard {
 }
 
 impl Switchboard {
-    /// Builds the pools from `config` and starts in `state`.
-    pub fn new(config: &Config, state: RouteState) -> Switchboard {
+    /// Builds the pools from `config` and starts in `state`, hashing sticky keys with `salt`.
+    pub fn new(config: &Config, state: RouteState, salt: u64) -> Switchboard {
         let pools = Arc::new(Pool::from_config(config));
         Switchboard {
-            table: ArcSwap::from_pointee(RoutingTable { state, pools }),
+            table: ArcSwap::from_pointee(RoutingTable { state, salt, pools }),
         }
     }
 
@@ -111,6 +157,7 @@ impl Switchboard {
         let old = current.state;
         self.table.store(Arc::new(RoutingTable {
             state,
+            salt: current.salt,
             pools: current.pools.clone(),
         }));
         old
@@ -144,8 +191,102 @@ mod tests {
                 canary_bp,
                 generation: 1,
             },
+            salt: 42,
             pools,
         }
+    }
+
+    fn keys(n: u32) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("user-{i:08}").into_bytes())
+            .collect()
+    }
+
+    fn canary_share(t: &RoutingTable, keys: &[Vec<u8>]) -> f64 {
+        let n = keys.iter().filter(|k| t.pool_for_key(Some(k)) == 1).count();
+        n as f64 / keys.len() as f64
+    }
+
+    #[test]
+    fn keyed_choice_is_exact_at_0_and_10000() {
+        let keys = keys(100_000);
+        assert_eq!(canary_share(&table(0, 0), &keys), 0.0);
+        assert_eq!(canary_share(&table(0, MAX_BP), &keys), 1.0);
+        assert!((0..10_000).all(|_| table(0, 0).pool_for_key(None) == 0));
+        assert!((0..10_000).all(|_| table(0, MAX_BP).pool_for_key(None) == 1));
+    }
+
+    #[test]
+    fn one_basis_point_sends_only_bucket_0() {
+        let keys = keys(100_000);
+        let t = table(0, 1);
+        let on: Vec<&Vec<u8>> = keys
+            .iter()
+            .filter(|k| t.pool_for_key(Some(k)) == 1)
+            .collect();
+        assert!(on.iter().all(|k| bucket(42, k) == 0));
+        // 100 000 keys × 1/10 000 = 10 expected; a binomial this far out is a broken hash.
+        assert!((1..=30).contains(&on.len()), "{} keys at 1 bp", on.len());
+    }
+
+    #[test]
+    fn keys_only_ever_move_onto_the_canary_as_the_weight_grows() {
+        let keys = keys(100_000);
+        let weights = [1, 10, 100, 500, 1_000, 2_500, 5_000, 9_999, 10_000];
+        let mut on: Vec<bool> = vec![false; keys.len()];
+        for w in weights {
+            let t = table(0, w);
+            for (i, k) in keys.iter().enumerate() {
+                let now = t.pool_for_key(Some(k)) == 1;
+                assert!(
+                    now || !on[i],
+                    "key {i} left the canary when the weight rose to {w}"
+                );
+                on[i] = now;
+            }
+        }
+    }
+
+    #[test]
+    fn the_share_matches_the_weight() {
+        let keys = keys(100_000);
+        let share = canary_share(&table(0, 500), &keys);
+        assert!((share - 0.05).abs() <= 0.003, "5% weight gave {share}");
+        let share = canary_share(&table(1, 2_500), &keys);
+        assert!(
+            (share - 0.75).abs() <= 0.005,
+            "green primary, blue at 25%: green share {share}"
+        );
+    }
+
+    #[test]
+    fn the_salt_changes_buckets_but_a_key_keeps_its_bucket() {
+        assert_eq!(bucket(1, b"alice"), bucket(1, b"alice"));
+        let moved = (0..1000)
+            .filter(|i| {
+                bucket(1, format!("u{i}").as_bytes()) != bucket(2, format!("u{i}").as_bytes())
+            })
+            .count();
+        assert!(moved > 900);
+    }
+
+    #[test]
+    fn keyless_requests_split_within_half_a_point_over_any_10000() {
+        // A fresh thread so the sequence starts where a worker's does.
+        std::thread::spawn(|| {
+            let t = table(0, 1_234);
+            let picks: Vec<bool> = (0..30_000).map(|_| t.pool_for_key(None) == 1).collect();
+            for start in (0..20_000).step_by(997) {
+                let n = picks[start..start + 10_000].iter().filter(|&&c| c).count();
+                let share = n as f64 / 10_000.0;
+                assert!(
+                    (share - 0.1234).abs() <= 0.005,
+                    "window at {start}: {share}"
+                );
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -22,8 +22,10 @@ use crate::config::Config;
 use crate::health::HealthChecker;
 use crate::httpd::{Listener, UnixBindError};
 use crate::metrics::{Metrics, MetricsService};
+use crate::preview::{PreviewError, PreviewKey};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::routing::Switchboard;
+use crate::state::StoreError;
 
 /// Why switchyard could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,10 @@ pub enum StartError {
          process using it"
     )]
     MetricsListen { addr: SocketAddr, source: io::Error },
+    #[error("the state directory is not usable: {0}")]
+    State(#[from] StoreError),
+    #[error("{0}")]
+    Preview(#[from] PreviewError),
 }
 
 /// How the process behaves around the server; the binary and the tests differ here.
@@ -124,7 +130,11 @@ impl Switchyard {
         create_dir(&config.state.dir)?;
 
         let metrics = Arc::new(Metrics::new(&config));
-        let (switchboard, admin) = Admin::start(&config, metrics.clone());
+        let preview = match &config.routing.preview_token_file {
+            Some(path) => Some(PreviewKey::load(path)?),
+            None => None,
+        };
+        let (switchboard, admin) = Admin::start(&config, metrics.clone(), preview.clone())?;
         let admin = Arc::new(admin);
 
         let mut conf = ServerConf {
@@ -143,7 +153,7 @@ impl Switchyard {
         let proxy = Proxy::new(
             switchboard.clone(),
             metrics.clone(),
-            ProxySettings::from_config(&config),
+            ProxySettings::from_config(&config, preview),
         );
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");

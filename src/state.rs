@@ -17,7 +17,7 @@ use crate::routing::{PoolId, RouteState};
 const STATE_FILE: &str = "state.json";
 const HISTORY_FILE: &str = "history.jsonl";
 /// Bumped if the file format changes incompatibly.
-const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 1;
 
 /// The routing state as stored: pools by name, so a file stays meaningful if pools are reordered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,16 +28,20 @@ pub struct StoredRoute {
 }
 
 /// Contents of `state.json`.
+///
+/// Unknown fields are ignored rather than refused, so a file written by a newer switchyard of the
+/// same `version` still loads after a downgrade instead of being moved aside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub version: u32,
-    #[serde(flatten)]
     pub route: StoredRoute,
     /// RFC 3339 time of the last change.
     pub since: String,
     /// The state before the last change: what `rollback` returns to.
     pub previous: Option<StoredRoute>,
+    /// Seed of the sticky-key hash: kept so users keep their canary bucket across restarts.
+    #[serde(default)]
+    pub salt: Option<u64>,
 }
 
 /// One line of `history.jsonl`.
@@ -73,6 +77,7 @@ pub enum Loaded {
         state: RouteState,
         previous: Option<RouteState>,
         since: String,
+        salt: Option<u64>,
     },
     /// A state file that names pools the configuration does not have; ignored.
     Mismatch { file_pools: String },
@@ -158,6 +163,7 @@ impl StateStore {
             },
             previous,
             since: file.since,
+            salt: file.salt,
         }
     }
 
@@ -299,6 +305,7 @@ mod tests {
             },
             since: now_rfc3339(),
             previous: None,
+            salt: Some(7),
         }
     }
 
@@ -322,7 +329,7 @@ mod tests {
     fn a_truncated_file_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::new(dir.path());
-        fs::write(store.state_path(), "{\"version\": 1, \"prim").unwrap();
+        fs::write(store.state_path(), "{\"version\": 1, \"route\": {\"prim").unwrap();
         match store.load(&names()) {
             Loaded::Corrupt { moved_to, .. } => {
                 assert!(moved_to.exists());

@@ -155,7 +155,7 @@ async fn concurrent_changes_serialise_and_the_last_acknowledged_wins() {
         serde_json::from_slice(&std::fs::read(proxy.dir.path().join("state/state.json")).unwrap())
             .expect("state.json parses");
     for field in ["primary", "canary_bp", "generation"] {
-        assert_eq!(file[field], last[field], "state.json {field}");
+        assert_eq!(file["route"][field], last[field], "state.json {field}");
     }
     let history = std::fs::read_to_string(proxy.dir.path().join("state/history.jsonl")).unwrap();
     assert_eq!(history.lines().count(), changes.len());

@@ -195,6 +195,7 @@ async fn route(
             Ok(AdminCommand::Rollback { change: opts(b)? })
         }),
         "/v1/reload" => (Method::POST, |_, _| Ok(AdminCommand::Reload)),
+        "/v1/preview-cookie" => (Method::POST, |b, _| preview_cookie(b)),
         "/v1/rollout" | "/v1/rollout/pause" | "/v1/rollout/resume" | "/v1/rollout/abort" => {
             (Method::POST, |_, _| {
                 Err(AdminError::NotImplemented(
@@ -382,6 +383,16 @@ pub fn percent_to_bp(p: f64) -> Result<u32, AdminError> {
         )));
     }
     Ok(bp.round() as u32)
+}
+
+fn preview_cookie(body: &[u8]) -> Result<AdminCommand, AdminError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Preview {
+        pool: String,
+    }
+    let p: Preview = parse(body)?;
+    Ok(AdminCommand::PreviewCookie { pool: p.pool })
 }
 
 fn history(query: &str) -> Result<AdminCommand, AdminError> {

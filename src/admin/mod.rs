@@ -21,8 +21,9 @@ use serde::Serialize;
 
 use crate::config::{Config, MAX_BP};
 use crate::metrics::{Metrics, STATUS_WINDOW};
+use crate::preview::{PreviewKey, PREVIEW_COOKIE};
 use crate::routing::{other, PoolId, RouteState, Switchboard};
-use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoredRoute};
+use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoreError, StoredRoute};
 
 /// Default and largest `GET /v1/history?limit=`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 20;
@@ -52,6 +53,10 @@ pub enum AdminCommand {
         change: ChangeOpts,
     },
     Reload,
+    /// A signed `sy_preview` cookie that lets a browser preview `pool`.
+    PreviewCookie {
+        pool: String,
+    },
 }
 
 /// Options every change accepts.
@@ -128,6 +133,7 @@ impl AdminError {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Reply {
+    Preview(PreviewCookie),
     Status(Status),
     Change(Change),
     History(Vec<HistoryEntry>),
@@ -177,6 +183,14 @@ pub struct BackendStatus {
     pub healthy: bool,
 }
 
+/// The answer to `POST /v1/preview-cookie`.
+#[derive(Debug, Serialize)]
+pub struct PreviewCookie {
+    pub pool: String,
+    /// `sy_preview=<pool>.<signature>`, ready for a `Cookie` header or `document.cookie`.
+    pub cookie: String,
+}
+
 /// The answer to a change: the new status, what it replaced, and how fast it was applied.
 #[derive(Debug, Serialize)]
 pub struct Change {
@@ -204,6 +218,7 @@ struct Ledger {
 pub struct Admin {
     switchboard: Arc<Switchboard>,
     metrics: Arc<Metrics>,
+    preview: Option<PreviewKey>,
     store: StateStore,
     names: Vec<String>,
     min_healthy: usize,
@@ -222,7 +237,16 @@ pub mod action {
 impl Admin {
     /// Restores the routing state from the state directory (a valid file wins over
     /// `initial_primary`), logs which won, and builds the switchboard.
-    pub fn start(config: &Config, metrics: Arc<Metrics>) -> (Arc<Switchboard>, Admin) {
+    ///
+    /// When the state did not come whole from the file (first start, an unusable file, or a file
+    /// from before sticky hashing), the state file is written now, so the sticky-hash salt is
+    /// durable from the first request and an unwritable state directory is found at start-up
+    /// rather than at the first flip.
+    pub fn start(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        preview: Option<PreviewKey>,
+    ) -> Result<(Arc<Switchboard>, Admin), StoreError> {
         let store = StateStore::new(&config.state.dir);
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let initial = RouteState {
@@ -230,12 +254,15 @@ impl Admin {
             canary_bp: 0,
             generation: 0,
         };
+        let mut salt = None;
         let (state, previous, since) = match store.load(&names) {
             Loaded::Valid {
                 state,
                 previous,
                 since,
+                salt: saved,
             } => {
+                salt = saved;
                 tracing::info!(
                     "state file {} wins over initial_primary: live is {} (generation {})",
                     store.state_path().display(),
@@ -272,16 +299,28 @@ impl Admin {
                 (initial, None, state::now_rfc3339())
             }
         };
-        let switchboard = Arc::new(Switchboard::new(config, state));
+        let fresh_salt = salt.is_none();
+        let salt = salt.unwrap_or_else(rand::random);
+        if fresh_salt {
+            store.save(&StateFile {
+                version: state::STATE_VERSION,
+                route: state::stored(&state, &names),
+                since: since.clone(),
+                previous: previous.map(|p| state::stored(&p, &names)),
+                salt: Some(salt),
+            })?;
+        }
+        let switchboard = Arc::new(Switchboard::new(config, state, salt));
         let admin = Admin {
             switchboard: switchboard.clone(),
             metrics,
+            preview,
             store,
             names,
             min_healthy: config.health.min_healthy,
             ledger: Mutex::new(Ledger { previous, since }),
         };
-        (switchboard, admin)
+        Ok((switchboard, admin))
     }
 
     pub fn switchboard(&self) -> &Arc<Switchboard> {
@@ -310,6 +349,19 @@ impl Admin {
                  config (the routing state survives a restart)"
                     .into(),
             )),
+            AdminCommand::PreviewCookie { pool } => {
+                self.pool(&pool)?;
+                let key = self.preview.as_ref().ok_or_else(|| AdminError::Conflict {
+                    code: "preview_off",
+                    message: "preview is not configured; set routing.preview_token_file and \
+                              restart"
+                        .into(),
+                })?;
+                Ok(Reply::Preview(PreviewCookie {
+                    cookie: format!("{PREVIEW_COOKIE}={}", key.cookie_value(&pool)),
+                    pool,
+                }))
+            }
             AdminCommand::Flip { to, change } => {
                 let to = self.pool(&to)?;
                 self.change(received, actor, action::FLIP, &change, |cur, _| {
@@ -442,10 +494,11 @@ impl Admin {
 
         let since = state::now_rfc3339();
         let file = StateFile {
-            version: 1,
+            version: state::STATE_VERSION,
             route: state::stored(&new, &self.names),
             since: since.clone(),
             previous: Some(previous.clone()),
+            salt: Some(self.switchboard.load().salt),
         };
         if let Err(e) = self.store.save(&file) {
             self.switchboard.store_state(cur);
@@ -606,7 +659,7 @@ mod tests {
             dir.path().display()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let (_sb, admin) = Admin::start(&config, Arc::new(Metrics::new(&config)));
+        let (_sb, admin) = Admin::start(&config, Arc::new(Metrics::new(&config)), None).unwrap();
         (dir, admin)
     }
 
@@ -783,7 +836,7 @@ mod tests {
             dir.path().display()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let (sb, again) = Admin::start(&config, Arc::new(Metrics::new(&config)));
+        let (sb, again) = Admin::start(&config, Arc::new(Metrics::new(&config)), None).unwrap();
         assert_eq!(sb.state().primary, 1);
         assert_eq!(sb.state().generation, 1);
         // The previous state survives too: rollback works right after a restart.
