@@ -69,6 +69,34 @@ pub enum Verb {
         #[command(flatten)]
         change: ChangeArgs,
     },
+    /// Walk POOL's canary weight up STEPS, INTERVAL at each, judged by the guard; promote at the
+    /// end, roll back on a breach.
+    Rollout {
+        pool: String,
+        /// Canary weights in percent, increasing.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100")]
+        steps: Vec<f64>,
+        /// How long each step is held and watched.
+        #[arg(long, default_value = "60s")]
+        interval: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Hold the rollout at its current step.
+    Pause {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stop the rollout and send its traffic back (canary 0).
+    Abort {
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Show the latest changes, newest first.
     History {
         #[arg(short = 'n', default_value_t = 20)]
@@ -198,6 +226,18 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
         }
         Verb::Promote { change } => post("/v1/promote", change.body(json!({}))),
         Verb::Rollback { change } => post("/v1/rollback", change.body(json!({}))),
+        Verb::Rollout {
+            pool,
+            steps,
+            interval,
+            change,
+        } => post(
+            "/v1/rollout",
+            change.body(json!({ "to": pool, "steps": steps, "interval": interval })),
+        ),
+        Verb::Pause { reason } => post("/v1/rollout/pause", json!({ "reason": reason })),
+        Verb::Resume { reason } => post("/v1/rollout/resume", json!({ "reason": reason })),
+        Verb::Abort { reason } => post("/v1/rollout/abort", json!({ "reason": reason })),
         Verb::History { n } => ("GET", format!("/v1/history?limit={n}"), None),
         Verb::Reload => post("/v1/reload", json!({})),
         Verb::PreviewCookie { pool } => post("/v1/preview-cookie", json!({ "pool": pool })),
@@ -375,6 +415,71 @@ fn routing_line(a: &Value) -> String {
     }
 }
 
+/// The rollout line of status and change output, if one runs.
+fn rollout_line(a: &Value) -> Option<String> {
+    let r = a.get("rollout").filter(|r| !r.is_null())?;
+    let steps: Vec<String> = r["steps"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|v| format!("{}", v.as_f64().unwrap_or(0.0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let state = if r["paused"] == Value::Bool(true) {
+        "PAUSED".to_string()
+    } else {
+        format!(
+            "next step in {:.0}s",
+            r["next_step_in_s"].as_f64().unwrap_or(0.0)
+        )
+    };
+    Some(format!(
+        "rollout to {}: step {} of {} ({}%) [{}%], {state}",
+        s(&r["to"]),
+        r["step"].as_u64().unwrap_or(0),
+        r["of"].as_u64().unwrap_or(0),
+        r["percent"].as_f64().unwrap_or(0.0),
+        steps.join(", ")
+    ))
+}
+
+/// The guard line of status output.
+fn guard_line(a: &Value) -> Option<String> {
+    let g = a.get("guard").filter(|g| !g.is_null())?;
+    if g["enabled"] != Value::Bool(true) {
+        return Some("guard: off".into());
+    }
+    let w = &g["watching"];
+    if w.is_null() {
+        return Some("guard: idle (nothing new to watch)".into());
+    }
+    let j = &g["judgement"];
+    let verdict = match j["verdict"].as_str() {
+        Some("waiting") => format!(
+            "waiting for {} requests ({} so far)",
+            g["min_requests"].as_u64().unwrap_or(0),
+            j["requests"].as_u64().unwrap_or(0)
+        ),
+        Some(v) => format!(
+            "{v}: {:.2}% errors (max {:.2}%), p99 {} over {} requests",
+            j["error_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            g["max_error_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            j["p99_ms"]
+                .as_f64()
+                .map_or("-".into(), |m| format!("{m:.1}ms")),
+            j["requests"].as_u64().unwrap_or(0)
+        ),
+        None => "not judged yet".into(),
+    };
+    Some(format!(
+        "guard: watching {} ({}) for {:.0}s — {verdict}",
+        s(&w["pool"]),
+        s(&w["kind"]),
+        w["for_s"].as_f64().unwrap_or(0.0)
+    ))
+}
+
 fn render_change(a: &Value) -> String {
     let gen = a["generation"].as_u64().unwrap_or(0);
     if a["changed"] == Value::Bool(false) {
@@ -396,6 +501,9 @@ fn render_change(a: &Value) -> String {
         routing_line(a),
         a["applied_us"].as_u64().unwrap_or(0)
     );
+    if let Some(r) = rollout_line(a) {
+        out.push_str(&format!("\n{r}"));
+    }
     if let Some(w) = a["warning"].as_str() {
         out.push_str(&format!("\nwarning: {w}"));
     }
@@ -403,9 +511,14 @@ fn render_change(a: &Value) -> String {
 }
 
 fn render_status(a: &Value) -> String {
+    let mut head = routing_line(a);
+    for line in [rollout_line(a), guard_line(a)].into_iter().flatten() {
+        head.push('\n');
+        head.push_str(&line);
+    }
     let mut out = format!(
         "{}\ngeneration {} since {}\n\n{:<12} {:<7} {:<6} {:<8} {:<9} {:<8} {:<8} {}\n",
-        routing_line(a),
+        head,
         a["generation"].as_u64().unwrap_or(0),
         s(&a["since"]),
         "POOL",
@@ -472,6 +585,14 @@ fn render_history(a: &Value) -> String {
             if e["forced"] == Value::Bool(true) {
                 line.push_str("  [forced]");
             }
+            if e["trigger"] == "guard" {
+                line.push_str("  [GUARD]");
+            }
+            for key in ["step", "summary"] {
+                if let Some(d) = e["detail"][key].as_str() {
+                    line.push_str(&format!("  ({d})"));
+                }
+            }
             if let Some(r) = e["reason"].as_str() {
                 line.push_str(&format!("  \"{r}\""));
             }
@@ -530,6 +651,9 @@ fn render_watch(a: &Value) -> String {
         a["generation"].as_u64().unwrap_or(0),
         ""
     );
+    for line in [rollout_line(a), guard_line(a)].into_iter().flatten() {
+        out.insert_str(out.find("\n\n").unwrap_or(out.len()), &format!("\n{line}"));
+    }
     for (name, _) in &pools {
         let mark = if a["primary"].as_str() == Some(name.as_str()) {
             " (live)"

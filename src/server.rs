@@ -19,9 +19,11 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::admin::http::{AdminService, TokenError, Tokens};
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::guard::GuardService;
 use crate::health::HealthChecker;
 use crate::httpd::{Listener, UnixBindError};
 use crate::metrics::{Metrics, MetricsService};
+use crate::notify::Notifier;
 use crate::preview::{PreviewError, PreviewKey};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::routing::Switchboard;
@@ -134,7 +136,9 @@ impl Switchyard {
             Some(path) => Some(PreviewKey::load(path)?),
             None => None,
         };
-        let (switchboard, admin) = Admin::start(&config, metrics.clone(), preview.clone())?;
+        let (notifier, delivery) = Notifier::new(config.notify.clone(), metrics.clone());
+        let (switchboard, admin) =
+            Admin::start(&config, metrics.clone(), preview.clone(), notifier)?;
         let admin = Arc::new(admin);
 
         let mut conf = ServerConf {
@@ -164,8 +168,12 @@ impl Switchyard {
         add_background(
             &mut server,
             "admin",
-            AdminService::new(admin, admin_listeners),
+            AdminService::new(admin.clone(), admin_listeners),
         );
+        add_background(&mut server, "guard", GuardService::new(admin));
+        if let Some(delivery) = delivery {
+            add_background(&mut server, "notifications", delivery);
+        }
         add_background(&mut server, "sighup", HangupHandler);
         if config.health.enabled {
             let checker = HealthChecker::new(switchboard.clone(), config.health.clone());

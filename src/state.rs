@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::RolloutFile;
 use crate::routing::{PoolId, RouteState};
 
 const STATE_FILE: &str = "state.json";
@@ -42,6 +43,9 @@ pub struct StateFile {
     /// Seed of the sticky-key hash: kept so users keep their canary bucket across restarts.
     #[serde(default)]
     pub salt: Option<u64>,
+    /// A progressive rollout in progress.
+    #[serde(default)]
+    pub rollout: Option<RolloutFile>,
 }
 
 /// One line of `history.jsonl`.
@@ -78,6 +82,7 @@ pub enum Loaded {
         previous: Option<RouteState>,
         since: String,
         salt: Option<u64>,
+        rollout: Option<RolloutFile>,
     },
     /// A state file that names pools the configuration does not have; ignored.
     Mismatch { file_pools: String },
@@ -164,6 +169,7 @@ impl StateStore {
             previous,
             since: file.since,
             salt: file.salt,
+            rollout: file.rollout,
         }
     }
 
@@ -306,6 +312,7 @@ mod tests {
             since: now_rfc3339(),
             previous: None,
             salt: Some(7),
+            rollout: None,
         }
     }
 

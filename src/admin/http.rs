@@ -196,13 +196,16 @@ async fn route(
         }),
         "/v1/reload" => (Method::POST, |_, _| Ok(AdminCommand::Reload)),
         "/v1/preview-cookie" => (Method::POST, |b, _| preview_cookie(b)),
-        "/v1/rollout" | "/v1/rollout/pause" | "/v1/rollout/resume" | "/v1/rollout/abort" => {
-            (Method::POST, |_, _| {
-                Err(AdminError::NotImplemented(
-                    "progressive rollouts are not available yet; use canary and promote".into(),
-                ))
-            })
-        }
+        "/v1/rollout" => (Method::POST, |b, _| rollout(b)),
+        "/v1/rollout/pause" => (Method::POST, |b, _| {
+            Ok(AdminCommand::RolloutPause { change: opts(b)? })
+        }),
+        "/v1/rollout/resume" => (Method::POST, |b, _| {
+            Ok(AdminCommand::RolloutResume { change: opts(b)? })
+        }),
+        "/v1/rollout/abort" => (Method::POST, |b, _| {
+            Ok(AdminCommand::RolloutAbort { change: opts(b)? })
+        }),
         _ => return Err(AdminError::NotFound(path)),
     };
     if method != needs {
@@ -383,6 +386,52 @@ pub fn percent_to_bp(p: f64) -> Result<u32, AdminError> {
         )));
     }
     Ok(bp.round() as u32)
+}
+
+fn rollout(body: &[u8]) -> Result<AdminCommand, AdminError> {
+    /// `"60s"` or a number of seconds.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Interval {
+        Text(String),
+        Seconds(f64),
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rollout {
+        to: String,
+        steps: Vec<f64>,
+        interval: Interval,
+        #[serde(default)]
+        force: bool,
+        reason: Option<String>,
+        if_generation: Option<u64>,
+    }
+    let r: Rollout = parse(body)?;
+    let interval = match r.interval {
+        Interval::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "rollout interval `{t}` is not a duration ({e}); write e.g. \"60s\" or \"5m\""
+            ))
+        })?,
+        Interval::Seconds(s) if s.is_finite() && s > 0.0 => std::time::Duration::from_secs_f64(s),
+        Interval::Seconds(s) => {
+            return Err(AdminError::BadRequest(format!(
+                "rollout interval {s} must be a positive number of seconds"
+            )))
+        }
+    };
+    Ok(AdminCommand::Rollout {
+        to: r.to,
+        steps: r.steps,
+        interval,
+        change: ChangeBody {
+            force: r.force,
+            reason: r.reason,
+            if_generation: r.if_generation,
+        }
+        .into(),
+    })
 }
 
 fn preview_cookie(body: &[u8]) -> Result<AdminCommand, AdminError> {

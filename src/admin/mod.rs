@@ -15,13 +15,16 @@ pub mod http;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{Config, MAX_BP};
-use crate::metrics::{Metrics, STATUS_WINDOW};
+use crate::config::{Config, GuardConfig, MAX_BP};
+use crate::guard::{judge, Verdict};
+use crate::metrics::{Metrics, WindowStats, STATUS_WINDOW};
+use crate::notify::{Event, Notifier};
 use crate::preview::{PreviewKey, PREVIEW_COOKIE};
+use crate::rollout::{steps_to_bp, Next, Rollout};
 use crate::routing::{other, PoolId, RouteState, Switchboard};
 use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoreError, StoredRoute};
 
@@ -56,6 +59,23 @@ pub enum AdminCommand {
     /// A signed `sy_preview` cookie that lets a browser preview `pool`.
     PreviewCookie {
         pool: String,
+    },
+    /// Start a progressive rollout to `to`: canary weights `steps` (percent), `interval` each.
+    Rollout {
+        to: String,
+        steps: Vec<f64>,
+        interval: Duration,
+        change: ChangeOpts,
+    },
+    RolloutPause {
+        change: ChangeOpts,
+    },
+    RolloutResume {
+        change: ChangeOpts,
+    },
+    /// Stop the rollout and send the canary's traffic back (canary 0).
+    RolloutAbort {
+        change: ChangeOpts,
     },
 }
 
@@ -150,10 +170,59 @@ pub struct Status {
     /// When the current state was set (RFC 3339).
     pub since: String,
     pub pools: BTreeMap<String, PoolStatus>,
-    /// The progressive rollout in progress, if any (none yet: rollouts are a later feature).
-    pub rollout: Option<serde_json::Value>,
-    /// The guard's current judgement, if any (none yet).
-    pub guard: Option<serde_json::Value>,
+    /// The progressive rollout in progress, if any.
+    pub rollout: Option<RolloutStatus>,
+    /// What the guard watches and its latest judgement.
+    pub guard: GuardStatus,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RolloutStatus {
+    pub to: String,
+    /// The steps, in percent.
+    pub steps: Vec<f64>,
+    /// The current step, 1-based, of `of`.
+    pub step: usize,
+    pub of: usize,
+    pub percent: f64,
+    pub interval_s: f64,
+    /// Seconds until the next step (or the promotion); frozen while paused.
+    pub next_step_in_s: f64,
+    pub paused: bool,
+    pub started: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GuardStatus {
+    pub enabled: bool,
+    /// The colour being judged, if any.
+    pub watching: Option<GuardWatch>,
+    pub judgement: Option<GuardJudgement>,
+    pub max_error_ratio: f64,
+    pub max_p99_ms: Option<f64>,
+    pub min_requests: u64,
+    pub window_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GuardWatch {
+    pub pool: String,
+    pub kind: WatchKind,
+    /// Seconds since the change.
+    pub for_s: f64,
+    /// Seconds until a flip stops being watched (none for a canary: watched while it runs).
+    pub ends_in_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GuardJudgement {
+    pub pool: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub requests: u64,
+    pub error_ratio: f64,
+    pub p99_ms: Option<f64>,
+    pub window_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -206,19 +275,51 @@ pub struct Change {
     pub warning: Option<String>,
 }
 
+/// What the guard is watching: the colour that just gained traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Watch {
+    pool: PoolId,
+    kind: WatchKind,
+    /// When the change happened: only requests since then are judged.
+    since: Instant,
+    /// A flip is watched for `watch_after_flip`; a canary for as long as it runs.
+    until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchKind {
+    Canary,
+    Flip,
+}
+
+/// The guard's last judgement, for `status`.
+#[derive(Debug, Clone)]
+struct Judgement {
+    pool: PoolId,
+    verdict: Verdict,
+    stats: WindowStats,
+}
+
 /// The mutable bookkeeping behind changes; guarded by the change mutex.
 #[derive(Debug)]
 struct Ledger {
     /// What `rollback` returns to.
     previous: Option<RouteState>,
     since: String,
+    watch: Option<Watch>,
+    rollout: Option<Rollout>,
+    judgement: Option<Judgement>,
 }
 
-/// The admin handler: owns the switchboard's writes, the state file and the history.
+/// The admin handler: owns the switchboard's writes, the state file, the history, the guard's
+/// verdicts and the rollout's progress.
 pub struct Admin {
     switchboard: Arc<Switchboard>,
     metrics: Arc<Metrics>,
+    notifier: Notifier,
     preview: Option<PreviewKey>,
+    guard: GuardConfig,
     store: StateStore,
     names: Vec<String>,
     min_healthy: usize,
@@ -232,11 +333,85 @@ pub mod action {
     pub const CANARY: &str = "canary";
     pub const PROMOTE: &str = "promote";
     pub const ROLLBACK: &str = "rollback";
+    pub const ROLLOUT: &str = "rollout";
+}
+
+/// Who made a change the process made itself.
+const ACTOR_GUARD: &str = "guard";
+const ACTOR_ROLLOUT: &str = "rollout";
+
+/// How one change is recorded and gated.
+struct Spec<'a> {
+    /// The history `action`, and the notification event kind.
+    action: &'a str,
+    event: &'a str,
+    actor: &'a str,
+    opts: ChangeOpts,
+    trigger: Option<&'a str>,
+    detail: Option<serde_json::Value>,
+    /// Part of a rollout (its steps, its end) or the guard: allowed while a rollout runs.
+    automatic: bool,
+    /// Skip the health gate without calling it forced (the guard's rollbacks).
+    skip_gate: bool,
+    /// Record even when the weights do not move (a rollout starting at the current weight).
+    always: bool,
+}
+
+impl<'a> Spec<'a> {
+    fn manual(action: &'a str, actor: &'a str, opts: ChangeOpts) -> Spec<'a> {
+        Spec {
+            action,
+            event: action,
+            actor,
+            opts,
+            trigger: (action == action::ROLLBACK).then_some("manual"),
+            detail: None,
+            automatic: false,
+            skip_gate: false,
+            always: false,
+        }
+    }
+
+    fn rollout(action: &'a str, actor: &'a str, opts: ChangeOpts, step: String) -> Spec<'a> {
+        Spec {
+            action,
+            event: action::ROLLOUT,
+            actor,
+            opts,
+            trigger: None,
+            detail: Some(serde_json::json!({ "step": step })),
+            automatic: true,
+            skip_gate: false,
+            always: true,
+        }
+    }
+}
+
+fn rollout_running(r: &Rollout, names: &[String]) -> AdminError {
+    AdminError::Conflict {
+        code: "rollout_running",
+        message: format!(
+            "a rollout to {} is in progress (step {} of {}, {}); pause or abort it first \
+             (`switchyard ctl abort`)",
+            names[r.to],
+            r.step + 1,
+            r.steps.len(),
+            state::format_percent(r.weight())
+        ),
+    }
+}
+
+fn no_rollout() -> AdminError {
+    AdminError::Conflict {
+        code: "no_rollout",
+        message: "no rollout is in progress; start one with `switchyard ctl rollout POOL`".into(),
+    }
 }
 
 impl Admin {
     /// Restores the routing state from the state directory (a valid file wins over
-    /// `initial_primary`), logs which won, and builds the switchboard.
+    /// `initial_primary`), logs which won, and builds the switchboard. A saved rollout resumes
+    /// at its step, whose wait starts over.
     ///
     /// When the state did not come whole from the file (first start, an unusable file, or a file
     /// from before sticky hashing), the state file is written now, so the sticky-hash salt is
@@ -246,6 +421,7 @@ impl Admin {
         config: &Config,
         metrics: Arc<Metrics>,
         preview: Option<PreviewKey>,
+        notifier: Notifier,
     ) -> Result<(Arc<Switchboard>, Admin), StoreError> {
         let store = StateStore::new(&config.state.dir);
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
@@ -254,21 +430,34 @@ impl Admin {
             canary_bp: 0,
             generation: 0,
         };
+        let now = Instant::now();
         let mut salt = None;
+        let mut rollout = None;
         let (state, previous, since) = match store.load(&names) {
             Loaded::Valid {
                 state,
                 previous,
                 since,
                 salt: saved,
+                rollout: saved_rollout,
             } => {
                 salt = saved;
+                rollout = saved_rollout.and_then(|r| Rollout::from_file(&r, &names, now));
                 tracing::info!(
                     "state file {} wins over initial_primary: live is {} (generation {})",
                     store.state_path().display(),
                     state::describe(&state, &names),
                     state.generation
                 );
+                if let Some(r) = &rollout {
+                    tracing::info!(
+                        "resuming the rollout to {} at step {} of {} ({}); the step's wait starts over",
+                        names[r.to],
+                        r.step + 1,
+                        r.steps.len(),
+                        state::format_percent(r.weight())
+                    );
+                }
                 (state, previous, since)
             }
             Loaded::Missing => {
@@ -308,17 +497,33 @@ impl Admin {
                 since: since.clone(),
                 previous: previous.map(|p| state::stored(&p, &names)),
                 salt: Some(salt),
+                rollout: None,
             })?;
         }
+        // A canary that was running keeps being watched, from now.
+        let watch = (state.canary_bp > 0).then_some(Watch {
+            pool: state.canary_pool(),
+            kind: WatchKind::Canary,
+            since: now,
+            until: None,
+        });
         let switchboard = Arc::new(Switchboard::new(config, state, salt));
         let admin = Admin {
             switchboard: switchboard.clone(),
             metrics,
+            notifier,
             preview,
+            guard: config.guard.clone(),
             store,
             names,
             min_healthy: config.health.min_healthy,
-            ledger: Mutex::new(Ledger { previous, since }),
+            ledger: Mutex::new(Ledger {
+                previous,
+                since,
+                watch,
+                rollout,
+                judgement: None,
+            }),
         };
         Ok((switchboard, admin))
     }
@@ -333,7 +538,7 @@ impl Admin {
         let received = Instant::now();
         match cmd {
             AdminCommand::Health => Ok(Reply::Health { ok: true }),
-            AdminCommand::Status => Ok(Reply::Status(self.status(&self.lock_ledger().since))),
+            AdminCommand::Status => Ok(Reply::Status(self.status(&self.lock_ledger()))),
             AdminCommand::History { limit } => self
                 .store
                 .read_history(limit.min(MAX_HISTORY_LIMIT))
@@ -364,7 +569,9 @@ impl Admin {
             }
             AdminCommand::Flip { to, change } => {
                 let to = self.pool(&to)?;
-                self.change(received, actor, action::FLIP, &change, |cur, _| {
+                let mut ledger = self.lock_ledger();
+                let spec = Spec::manual(action::FLIP, actor, change);
+                self.apply(&mut ledger, received, spec, |cur, _| {
                     Ok(RouteState {
                         primary: to,
                         canary_bp: 0,
@@ -379,16 +586,10 @@ impl Admin {
                         "canary weight {bp} bp is above 10000 bp (100%)"
                     )));
                 }
-                self.change(received, actor, action::CANARY, &change, |cur, _| {
-                    if pool_id == cur.primary {
-                        return Err(AdminError::Conflict {
-                            code: "pool_is_primary",
-                            message: format!(
-                                "{pool} is the primary pool; a canary goes to the other pool ({})",
-                                self.names[other(pool_id)]
-                            ),
-                        });
-                    }
+                let mut ledger = self.lock_ledger();
+                let spec = Spec::manual(action::CANARY, actor, change);
+                self.apply(&mut ledger, received, spec, |cur, _| {
+                    self.check_canary_pool(pool_id, &cur)?;
                     Ok(RouteState {
                         canary_bp: bp,
                         ..cur
@@ -396,7 +597,9 @@ impl Admin {
                 })
             }
             AdminCommand::Promote { change } => {
-                self.change(received, actor, action::PROMOTE, &change, |cur, _| {
+                let mut ledger = self.lock_ledger();
+                let spec = Spec::manual(action::PROMOTE, actor, change);
+                self.apply(&mut ledger, received, spec, |cur, _| {
                     if cur.canary_bp == 0 {
                         return Err(AdminError::Conflict {
                             code: "no_canary",
@@ -414,26 +617,162 @@ impl Admin {
                     })
                 })
             }
-            AdminCommand::Rollback { change } => self.change(
-                received,
-                actor,
-                action::ROLLBACK,
-                &change,
-                |cur, ledger| match ledger.previous {
-                    Some(prev) => Ok(RouteState {
-                        primary: prev.primary,
-                        canary_bp: prev.canary_bp,
-                        ..cur
-                    }),
-                    None => Err(AdminError::Conflict {
-                        code: "nothing_to_roll_back",
-                        message: "there is no earlier state to roll back to (no change has \
+            AdminCommand::Rollback { change } => {
+                let mut ledger = self.lock_ledger();
+                let spec = Spec::manual(action::ROLLBACK, actor, change);
+                self.apply(&mut ledger, received, spec, |cur, ledger| {
+                    match ledger.previous {
+                        Some(prev) => Ok(RouteState {
+                            primary: prev.primary,
+                            canary_bp: prev.canary_bp,
+                            ..cur
+                        }),
+                        None => Err(AdminError::Conflict {
+                            code: "nothing_to_roll_back",
+                            message: "there is no earlier state to roll back to (no change has \
                                       been made since the state file was created)"
-                            .into(),
-                    }),
-                },
-            ),
+                                .into(),
+                        }),
+                    }
+                })
+            }
+            AdminCommand::Rollout {
+                to,
+                steps,
+                interval,
+                change,
+            } => self.start_rollout(received, actor, &to, &steps, interval, change),
+            AdminCommand::RolloutPause { change } => self.pause_rollout(actor, change, true),
+            AdminCommand::RolloutResume { change } => self.pause_rollout(actor, change, false),
+            AdminCommand::RolloutAbort { change } => {
+                let mut ledger = self.lock_ledger();
+                let r = ledger.rollout.clone().ok_or_else(no_rollout)?;
+                let step = format!("aborted at step {} of {}", r.step + 1, r.steps.len());
+                ledger.rollout = None;
+                let spec = Spec::rollout(action::ROLLOUT, actor, change, step);
+                let result = self.apply(&mut ledger, received, spec, |cur, _| {
+                    Ok(RouteState {
+                        canary_bp: 0,
+                        ..cur
+                    })
+                });
+                if result.is_err() {
+                    ledger.rollout = Some(r);
+                }
+                result
+            }
         }
+    }
+
+    fn check_canary_pool(&self, pool: PoolId, cur: &RouteState) -> Result<(), AdminError> {
+        if pool == cur.primary {
+            return Err(AdminError::Conflict {
+                code: "pool_is_primary",
+                message: format!(
+                    "{} is the primary pool; a canary goes to the other pool ({})",
+                    self.names[pool],
+                    self.names[other(pool)]
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn start_rollout(
+        &self,
+        received: Instant,
+        actor: &str,
+        to: &str,
+        steps: &[f64],
+        interval: Duration,
+        change: ChangeOpts,
+    ) -> Result<Reply, AdminError> {
+        let to = self.pool(to)?;
+        let steps = steps_to_bp(steps).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+        if interval < MIN_ROLLOUT_INTERVAL {
+            return Err(AdminError::BadRequest(format!(
+                "rollout interval {interval:?} is below {MIN_ROLLOUT_INTERVAL:?}; each step must \
+                 be watched long enough to judge it"
+            )));
+        }
+        let mut ledger = self.lock_ledger();
+        if let Some(r) = &ledger.rollout {
+            return Err(rollout_running(r, &self.names));
+        }
+        self.check_canary_pool(to, &self.switchboard.state())?;
+        let r = Rollout::new(to, steps, interval, Instant::now(), state::now_rfc3339());
+        let first = r.weight();
+        let step = format!(
+            "step 1 of {} ({})",
+            r.steps.len(),
+            state::format_percent(first)
+        );
+        ledger.rollout = Some(r);
+        let spec = Spec::rollout(action::ROLLOUT, actor, change, step);
+        let result = self.apply(&mut ledger, received, spec, |cur, _| {
+            Ok(RouteState {
+                canary_bp: first,
+                ..cur
+            })
+        });
+        if result.is_err() {
+            ledger.rollout = None;
+        }
+        result
+    }
+
+    fn pause_rollout(
+        &self,
+        actor: &str,
+        change: ChangeOpts,
+        pause: bool,
+    ) -> Result<Reply, AdminError> {
+        let mut ledger = self.lock_ledger();
+        let now = Instant::now();
+        let before = ledger.rollout.clone().ok_or_else(no_rollout)?;
+        let r = ledger.rollout.as_mut().expect("checked above");
+        let changed = if pause { r.pause(now) } else { r.resume(now) };
+        let cur = self.switchboard.state();
+        let previous = state::stored(&cur, &self.names);
+        if !changed {
+            return Ok(Reply::Change(Change {
+                status: self.status(&ledger),
+                previous,
+                applied_us: 0,
+                changed: false,
+                warning: None,
+            }));
+        }
+        let since = ledger.since.clone();
+        if let Err(e) = self.save(&ledger, cur, &since) {
+            ledger.rollout = Some(before);
+            return Err(save_failed(&e));
+        }
+        let what = if pause { "paused" } else { "resumed" };
+        let r = ledger.rollout.as_ref().expect("still there");
+        let entry = HistoryEntry {
+            ts: state::now_rfc3339(),
+            generation: cur.generation,
+            action: action::ROLLOUT.into(),
+            from: state::describe(&cur, &self.names),
+            to: state::describe(&cur, &self.names),
+            actor: actor.to_string(),
+            reason: change.reason.clone(),
+            result: "ok".into(),
+            forced: false,
+            trigger: None,
+            detail: Some(serde_json::json!({
+                "step": format!("{what} at step {} of {}", r.step + 1, r.steps.len())
+            })),
+        };
+        let warning = self.record(entry, action::ROLLOUT);
+        Ok(Reply::Change(Change {
+            status: self.status(&ledger),
+            previous,
+            applied_us: 0,
+            changed: true,
+            warning,
+        }))
     }
 
     fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -452,18 +791,44 @@ impl Admin {
             })
     }
 
-    /// Applies one change: `next` computes the new state from the current one.
-    fn change(
+    /// Writes `state.json` for `route` and the ledger's rollout.
+    fn save(&self, ledger: &Ledger, route: RouteState, since: &str) -> Result<(), StoreError> {
+        self.store.save(&StateFile {
+            version: state::STATE_VERSION,
+            route: state::stored(&route, &self.names),
+            since: since.to_string(),
+            previous: ledger.previous.map(|p| state::stored(&p, &self.names)),
+            salt: Some(self.switchboard.load().salt),
+            rollout: ledger.rollout.as_ref().map(|r| r.to_file(&self.names)),
+        })
+    }
+
+    /// Appends `entry` to history and notifies; returns a warning if history could not be
+    /// written (the change itself stands).
+    fn record(&self, entry: HistoryEntry, event: &str) -> Option<String> {
+        let warning = match self.store.append_history(&entry) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!("change applied and saved, but not recorded in history: {e}");
+                Some(format!(
+                    "the change is applied and saved, but history could not be written: {e}"
+                ))
+            }
+        };
+        self.notifier.send(Event::new(event, entry));
+        warning
+    }
+
+    /// Applies one change under the (held) ledger lock: `next` computes the new state.
+    fn apply(
         &self,
+        ledger: &mut Ledger,
         received: Instant,
-        actor: &str,
-        action: &str,
-        opts: &ChangeOpts,
+        spec: Spec<'_>,
         next: impl FnOnce(RouteState, &Ledger) -> Result<RouteState, AdminError>,
     ) -> Result<Reply, AdminError> {
-        let mut ledger = self.lock_ledger();
         let cur = self.switchboard.state();
-        if let Some(want) = opts.if_generation {
+        if let Some(want) = spec.opts.if_generation {
             if want != cur.generation {
                 return Err(AdminError::Conflict {
                     code: "generation_mismatch",
@@ -475,83 +840,267 @@ impl Admin {
                 });
             }
         }
-        let mut new = next(cur, &ledger)?;
+        if !spec.automatic {
+            if let Some(r) = &ledger.rollout {
+                return Err(rollout_running(r, &self.names));
+            }
+        }
+        let mut new = next(cur, ledger)?;
         let previous = state::stored(&cur, &self.names);
-        if new.primary == cur.primary && new.canary_bp == cur.canary_bp {
+        if !spec.always && new.primary == cur.primary && new.canary_bp == cur.canary_bp {
             return Ok(Reply::Change(Change {
-                status: self.status(&ledger.since),
+                status: self.status(ledger),
                 previous,
                 applied_us: 0,
                 changed: false,
                 warning: None,
             }));
         }
-        self.health_gate(&new, &cur, opts)?;
+        if !spec.skip_gate {
+            self.health_gate(&new, &cur, &spec.opts)?;
+        }
         new.generation = cur.generation + 1;
 
         self.switchboard.store_state(new);
         let applied_us = received.elapsed().as_micros() as u64;
 
         let since = state::now_rfc3339();
-        let file = StateFile {
-            version: state::STATE_VERSION,
-            route: state::stored(&new, &self.names),
-            since: since.clone(),
-            previous: Some(previous.clone()),
-            salt: Some(self.switchboard.load().salt),
-        };
-        if let Err(e) = self.store.save(&file) {
+        let old_previous = ledger.previous.replace(cur);
+        if let Err(e) = self.save(ledger, new, &since) {
             self.switchboard.store_state(cur);
-            tracing::error!("{action} undone: {e}");
-            return Err(AdminError::Internal(format!(
-                "the change was not applied because the state could not be saved: {e}; fix the \
-                 state directory (permissions, disk space) and retry"
-            )));
+            ledger.previous = old_previous;
+            tracing::error!("{} undone: {e}", spec.action);
+            return Err(save_failed(&e));
         }
-        ledger.previous = Some(cur);
         ledger.since = since.clone();
-        self.metrics.record_change(action);
-        if action == action::ROLLBACK {
-            self.metrics.record_rollback("manual");
+        ledger.watch = self.next_watch(ledger.watch, &cur, &new, spec.action);
+        self.metrics.record_change(spec.action);
+        if let Some(trigger) = spec.trigger.filter(|_| spec.action == action::ROLLBACK) {
+            self.metrics.record_rollback(trigger);
         }
 
         let entry = HistoryEntry {
             ts: since,
             generation: new.generation,
-            action: action.to_string(),
+            action: spec.action.to_string(),
             from: state::describe(&cur, &self.names),
             to: state::describe(&new, &self.names),
-            actor: actor.to_string(),
-            reason: opts.reason.clone(),
+            actor: spec.actor.to_string(),
+            reason: spec.opts.reason.clone(),
             result: "ok".into(),
-            forced: opts.force,
-            trigger: (action == action::ROLLBACK).then(|| "manual".to_string()),
-            detail: None,
-        };
-        let warning = match self.store.append_history(&entry) {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!("change applied and saved, but not recorded in history: {e}");
-                Some(format!(
-                    "the change is applied and saved, but history could not be written: {e}"
-                ))
-            }
+            forced: spec.opts.force,
+            trigger: spec.trigger.map(str::to_string),
+            detail: spec.detail,
         };
         tracing::info!(
-            actor,
-            reason = opts.reason.as_deref().unwrap_or(""),
-            "{action}: {} -> {} (generation {}, applied in {applied_us} us)",
+            actor = spec.actor,
+            reason = spec.opts.reason.as_deref().unwrap_or(""),
+            "{}: {} -> {} (generation {}, applied in {applied_us} us)",
+            spec.action,
             entry.from,
             entry.to,
             new.generation
         );
+        let warning = self.record(entry, spec.event);
         Ok(Reply::Change(Change {
-            status: self.status(&ledger.since),
+            status: self.status(ledger),
             previous,
             applied_us,
             changed: true,
             warning,
         }))
+    }
+
+    /// What the guard watches after a change from `cur` to `new`.
+    fn next_watch(
+        &self,
+        watch: Option<Watch>,
+        cur: &RouteState,
+        new: &RouteState,
+        action: &str,
+    ) -> Option<Watch> {
+        let now = Instant::now();
+        if new.canary_bp > 0 {
+            // Keep the clock of a canary already being watched: raising its weight does not
+            // forgive what it did before.
+            return match watch {
+                Some(w) if w.kind == WatchKind::Canary && w.pool == new.canary_pool() => Some(w),
+                _ => Some(Watch {
+                    pool: new.canary_pool(),
+                    kind: WatchKind::Canary,
+                    since: now,
+                    until: None,
+                }),
+            };
+        }
+        if new.primary != cur.primary && action != action::ROLLBACK {
+            return Some(Watch {
+                pool: new.primary,
+                kind: WatchKind::Flip,
+                since: now,
+                until: Some(now + self.guard.watch_after_flip),
+            });
+        }
+        None
+    }
+
+    /// One guard tick: judge the watched colour (rolling back on a breach), then advance a
+    /// rollout whose step is over.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut ledger = self.lock_ledger();
+        if ledger
+            .watch
+            .is_some_and(|w| w.until.is_some_and(|u| now >= u))
+        {
+            ledger.watch = None;
+            ledger.judgement = None;
+        }
+        if let (true, Some(w)) = (self.guard.enabled, ledger.watch) {
+            // Only requests since the change count, up to the configured window.
+            let since_change = now.saturating_duration_since(w.since).as_secs() + 1;
+            let span = Duration::from_secs(since_change.min(self.guard.window.as_secs().max(1)));
+            let stats = self.metrics.window(w.pool).stats(span);
+            let verdict = judge(&stats, &self.guard);
+            ledger.judgement = Some(Judgement {
+                pool: w.pool,
+                verdict: verdict.clone(),
+                stats,
+            });
+            if let Verdict::Breach { reason } = verdict {
+                self.guard_rollback(&mut ledger, w, stats, span, &reason);
+                return;
+            }
+        }
+        let Some(r) = ledger.rollout.clone() else {
+            return;
+        };
+        match r.due(now) {
+            None => {}
+            Some(Next::Step(bp)) => {
+                let mut advanced = r.clone();
+                advanced.advance(now);
+                let step = format!(
+                    "step {} of {} ({})",
+                    advanced.step + 1,
+                    advanced.steps.len(),
+                    state::format_percent(bp)
+                );
+                ledger.rollout = Some(advanced);
+                let spec =
+                    Spec::rollout(action::ROLLOUT, ACTOR_ROLLOUT, ChangeOpts::default(), step);
+                let result = self.apply(&mut ledger, now, spec, |cur, _| {
+                    Ok(RouteState {
+                        canary_bp: bp,
+                        ..cur
+                    })
+                });
+                if let Err(e) = result {
+                    // Most likely the health gate: hold the step and try again next tick.
+                    ledger.rollout = Some(r);
+                    tracing::warn!("rollout cannot move to the next step yet: {e}");
+                }
+            }
+            Some(Next::Promote) => {
+                ledger.rollout = None;
+                let step = format!("completed: {} steps", r.steps.len());
+                let spec =
+                    Spec::rollout(action::PROMOTE, ACTOR_ROLLOUT, ChangeOpts::default(), step);
+                let result = self.apply(&mut ledger, now, spec, |cur, _| {
+                    Ok(RouteState {
+                        primary: r.to,
+                        canary_bp: 0,
+                        ..cur
+                    })
+                });
+                if let Err(e) = result {
+                    ledger.rollout = Some(r);
+                    tracing::warn!("rollout cannot promote yet: {e}");
+                }
+            }
+        }
+    }
+
+    /// Rolls back the watched colour after a breach.
+    fn guard_rollback(
+        &self,
+        ledger: &mut Ledger,
+        w: Watch,
+        stats: WindowStats,
+        span: Duration,
+        reason: &str,
+    ) {
+        let old = self.names[other(w.pool)].clone();
+        // When the old colour also took traffic (a canary), put its figures next to the new one's.
+        let old_stats = self.metrics.window(other(w.pool)).stats(span);
+        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0);
+        let mut detail = serde_json::json!({
+            "summary": format!("{}: {reason} over {}s; {old} had {:.1}% errors", self.names[w.pool], span.as_secs(), old_stats.error_ratio() * 100.0),
+            "pool": self.names[w.pool],
+            "window_s": span.as_secs(),
+            "requests": stats.requests,
+            "errors": stats.errors,
+            "error_ratio": stats.error_ratio(),
+            "p99_ms": ms(stats.p99),
+            "thresholds": {
+                "max_error_ratio": self.guard.max_error_ratio,
+                "max_p99_ms": self.guard.max_p99.map(|d| d.as_secs_f64() * 1000.0),
+                "min_requests": self.guard.min_requests,
+                "window_s": self.guard.window.as_secs(),
+            },
+            "other": {
+                "pool": old,
+                "requests": old_stats.requests,
+                "error_ratio": old_stats.error_ratio(),
+                "p99_ms": ms(old_stats.p99),
+            },
+        });
+        let aborted = ledger.rollout.take();
+        if let Some(r) = &aborted {
+            detail["rollout"] = serde_json::json!(format!(
+                "rolled back at step {} of {}",
+                r.step + 1,
+                r.steps.len()
+            ));
+        }
+        let spec = Spec {
+            action: action::ROLLBACK,
+            event: "guard",
+            actor: ACTOR_GUARD,
+            opts: ChangeOpts {
+                reason: Some(reason.to_string()),
+                ..ChangeOpts::default()
+            },
+            trigger: Some("guard"),
+            detail: Some(detail),
+            automatic: true,
+            skip_gate: true,
+            always: false,
+        };
+        let kind = w.kind;
+        let result = self.apply(ledger, Instant::now(), spec, |cur, _| {
+            Ok(match kind {
+                WatchKind::Canary => RouteState {
+                    canary_bp: 0,
+                    ..cur
+                },
+                WatchKind::Flip => RouteState {
+                    primary: other(w.pool),
+                    canary_bp: 0,
+                    ..cur
+                },
+            })
+        });
+        match result {
+            Ok(_) => tracing::warn!(
+                "GUARD ROLLBACK: {} breached ({reason}); traffic is back on {old}",
+                self.names[w.pool]
+            ),
+            Err(e) => {
+                ledger.rollout = aborted;
+                tracing::error!("the guard could not roll back {}: {e}", self.names[w.pool]);
+            }
+        }
     }
 
     /// Refuses a change that would send traffic to a pool that is not ready, unless forced.
@@ -593,9 +1142,11 @@ impl Admin {
     }
 
     /// The current status.
-    fn status(&self, since: &str) -> Status {
+    fn status(&self, ledger: &Ledger) -> Status {
+        let now = Instant::now();
         let table = self.switchboard.load();
         let st = table.state;
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let pools = table
             .pools
             .iter()
@@ -603,7 +1154,6 @@ impl Admin {
             .map(|(id, p)| {
                 let healthy = p.healthy_count();
                 let w = self.metrics.window(id).stats(STATUS_WINDOW);
-                let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
                 (
                     p.name.clone(),
                     PoolStatus {
@@ -634,22 +1184,74 @@ impl Admin {
                 )
             })
             .collect();
+        let rollout = ledger.rollout.as_ref().map(|r| RolloutStatus {
+            to: self.names[r.to].clone(),
+            steps: r.steps.iter().map(|&bp| f64::from(bp) / 100.0).collect(),
+            step: r.step + 1,
+            of: r.steps.len(),
+            percent: f64::from(r.weight()) / 100.0,
+            interval_s: r.interval.as_secs_f64(),
+            next_step_in_s: r.time_left(now).as_secs_f64(),
+            paused: r.paused_left.is_some(),
+            started: r.started.clone(),
+        });
+        let guard = GuardStatus {
+            enabled: self.guard.enabled,
+            watching: ledger.watch.map(|w| GuardWatch {
+                pool: self.names[w.pool].clone(),
+                kind: w.kind,
+                for_s: now.saturating_duration_since(w.since).as_secs_f64(),
+                ends_in_s: w
+                    .until
+                    .map(|u| u.saturating_duration_since(now).as_secs_f64()),
+            }),
+            judgement: ledger.judgement.as_ref().map(|j| GuardJudgement {
+                pool: self.names[j.pool].clone(),
+                verdict: j.verdict.clone(),
+                requests: j.stats.requests,
+                error_ratio: j.stats.error_ratio(),
+                p99_ms: ms(j.stats.p99),
+                window_s: j.stats.seconds,
+            }),
+            max_error_ratio: self.guard.max_error_ratio,
+            max_p99_ms: ms(self.guard.max_p99),
+            min_requests: self.guard.min_requests,
+            window_s: self.guard.window.as_secs(),
+        };
         Status {
             primary: self.names[st.primary].clone(),
             canary_pool: self.names[st.canary_pool()].clone(),
             canary_bp: st.canary_bp,
             generation: st.generation,
-            since: since.to_string(),
+            since: ledger.since.clone(),
             pools,
-            rollout: None,
-            guard: None,
+            rollout,
+            guard,
         }
     }
+}
+
+/// Shortest rollout interval: a step must live long enough for its traffic to be judged.
+pub const MIN_ROLLOUT_INTERVAL: Duration = Duration::from_millis(200);
+
+fn save_failed(e: &StoreError) -> AdminError {
+    AdminError::Internal(format!(
+        "the change was not applied because the state could not be saved: {e}; fix the state \
+         directory (permissions, disk space) and retry"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metrics(config: &Config) -> Arc<Metrics> {
+        Arc::new(Metrics::new(config))
+    }
+
+    fn notifier(config: &Config) -> Notifier {
+        Notifier::new(Vec::new(), metrics(config)).0
+    }
 
     fn admin() -> (tempfile::TempDir, Admin) {
         let dir = tempfile::tempdir().unwrap();
@@ -659,7 +1261,8 @@ mod tests {
             dir.path().display()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let (_sb, admin) = Admin::start(&config, Arc::new(Metrics::new(&config)), None).unwrap();
+        let (_sb, admin) =
+            Admin::start(&config, metrics(&config), None, notifier(&config)).unwrap();
         (dir, admin)
     }
 
@@ -836,7 +1439,7 @@ mod tests {
             dir.path().display()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let (sb, again) = Admin::start(&config, Arc::new(Metrics::new(&config)), None).unwrap();
+        let (sb, again) = Admin::start(&config, metrics(&config), None, notifier(&config)).unwrap();
         assert_eq!(sb.state().primary, 1);
         assert_eq!(sb.state().generation, 1);
         // The previous state survives too: rollback works right after a restart.

@@ -1,0 +1,308 @@
+//! Deploy notifications: every change, POSTed to the team's chat and tools.
+//!
+//! A change never waits for a notification. [`Notifier::send`] puts the event on a bounded queue
+//! and returns at once; a background task delivers it to every webhook whose `events` match, with
+//! a timeout per attempt and three attempts with backoff. A full queue or a hook that keeps
+//! failing is logged and counted (`switchyard_notify_failures_total`), and the change stands.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{WebhookConfig, WebhookFormat};
+use crate::metrics::Metrics;
+use crate::state::HistoryEntry;
+
+/// Events waiting for delivery; beyond this a burst of changes drops notifications (counted)
+/// rather than holding memory or the change path.
+const QUEUE: usize = 1024;
+/// One attempt's time limit.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per event and hook, and the wait before the second and third.
+const ATTEMPTS: u32 = 3;
+const BACKOFF: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
+
+/// One notification: the history entry of a change, and the kind a webhook subscribes to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// `flip`, `canary`, `promote`, `rollback`, `guard` or `rollout`.
+    pub event: String,
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    /// The host that made the change, so a fleet's messages can be told apart.
+    pub host: String,
+}
+
+impl Event {
+    pub fn new(event: &str, entry: HistoryEntry) -> Event {
+        Event {
+            event: event.to_string(),
+            entry,
+            host: hostname(),
+        }
+    }
+
+    /// Whether a hook subscribed to `events` wants this one. A guard rollback is also a
+    /// rollback; a rollout's own flips and promotions are rollout events.
+    pub fn matches(&self, events: &[String]) -> bool {
+        events
+            .iter()
+            .any(|e| *e == self.event || (e == "rollback" && self.event == "guard"))
+    }
+
+    /// The one-glance sentence for a chat channel.
+    pub fn text(&self) -> String {
+        let e = &self.entry;
+        let by = match &e.reason {
+            Some(r) => format!("by {}: '{r}'", e.actor),
+            None => format!("by {}", e.actor),
+        };
+        let forced = if e.forced {
+            " [forced past the health gate]"
+        } else {
+            ""
+        };
+        let what = match self.event.as_str() {
+            "guard" => format!(
+                ":rotating_light: guard rolled back: {} (was {}){}",
+                e.to,
+                e.from,
+                e.detail
+                    .as_ref()
+                    .and_then(|d| d.get("summary"))
+                    .and_then(|s| s.as_str())
+                    .map(|s| format!(" — {s}"))
+                    .unwrap_or_default()
+            ),
+            "rollback" => format!("rolled back: {} (was {})", e.to, e.from),
+            "rollout" => format!(
+                "rollout{}: {} (was {})",
+                e.detail
+                    .as_ref()
+                    .and_then(|d| d.get("step"))
+                    .and_then(|s| s.as_str())
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default(),
+                e.to,
+                e.from
+            ),
+            _ => format!("{} (was {})", live_sentence(&e.to), e.from),
+        };
+        format!(
+            "{what}{forced} — {by} — gen {} on {}",
+            e.generation, self.host
+        )
+    }
+}
+
+/// `blue` → "blue is live"; `blue + green 5%` → "blue is live, green gets 5%".
+fn live_sentence(route: &str) -> String {
+    match route.split_once(" + ") {
+        Some((primary, canary)) => match canary.rsplit_once(' ') {
+            Some((pool, pct)) => format!("{primary} is live, {pool} gets {pct}"),
+            None => format!("{primary} is live, {canary}"),
+        },
+        None => format!("{route} is live"),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "switchyard".into())
+}
+
+/// The sending side, held by the admin handler.
+#[derive(Clone)]
+pub struct Notifier {
+    tx: Option<mpsc::Sender<Event>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Notifier {
+    /// A notifier for `hooks`, and the background service that delivers for it.
+    pub fn new(hooks: Vec<WebhookConfig>, metrics: Arc<Metrics>) -> (Notifier, Option<Delivery>) {
+        if hooks.is_empty() {
+            return (Notifier { tx: None, metrics }, None);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let delivery = Delivery {
+            hooks,
+            rx: Mutex::new(Some(rx)),
+            metrics: metrics.clone(),
+        };
+        (
+            Notifier {
+                tx: Some(tx),
+                metrics,
+            },
+            Some(delivery),
+        )
+    }
+
+    /// Queues `event` for delivery; never blocks.
+    pub fn send(&self, event: Event) {
+        let Some(tx) = &self.tx else { return };
+        if let Err(e) = tx.try_send(event) {
+            self.metrics.notify_failures.inc();
+            tracing::warn!("notification dropped: {e}");
+        }
+    }
+}
+
+/// The background task that delivers queued events.
+pub struct Delivery {
+    hooks: Vec<WebhookConfig>,
+    rx: Mutex<Option<mpsc::Receiver<Event>>>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for Delivery {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let client = match reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("notifications are off: cannot build an HTTP client: {e}");
+                return;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.changed() => return,
+                e = rx.recv() => match e { Some(e) => e, None => return },
+            };
+            // Hooks are served concurrently, so one that hangs does not hold up the others;
+            // events are delivered in order (the next waits for this one's attempts).
+            let mut sends = tokio::task::JoinSet::new();
+            for hook in self.hooks.iter().filter(|h| event.matches(&h.events)) {
+                let (client, hook, event, metrics) = (
+                    client.clone(),
+                    hook.clone(),
+                    event.clone(),
+                    self.metrics.clone(),
+                );
+                sends.spawn(async move { deliver(&client, &hook, &event, &metrics).await });
+            }
+            while sends.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// The body a hook receives.
+pub fn body(hook: &WebhookConfig, event: &Event) -> Vec<u8> {
+    match hook.format {
+        WebhookFormat::Json => serde_json::to_vec(event).expect("events serialise"),
+        WebhookFormat::Slack => {
+            serde_json::to_vec(&serde_json::json!({ "text": event.text() })).expect("json")
+        }
+    }
+}
+
+async fn deliver(client: &reqwest::Client, hook: &WebhookConfig, event: &Event, metrics: &Metrics) {
+    let payload = body(hook, event);
+    let url = hook.url.to_string();
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(BACKOFF[(attempt - 1) as usize]).await;
+        }
+        let sent = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(payload.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => last = format!("answered {}", r.status()),
+            Err(e) if e.is_timeout() => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    metrics.notify_failures.inc();
+    tracing::warn!(
+        hook = %redact(&url),
+        event = %event.event,
+        generation = event.entry.generation,
+        "notification not delivered after {ATTEMPTS} attempts: {last}"
+    );
+}
+
+/// A webhook URL for logs: chat webhook paths are secrets, so only scheme and host are shown.
+fn redact(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}/…",
+            u.scheme_str().unwrap_or("http"),
+            u.authority().map(|a| a.as_str()).unwrap_or("?")
+        ),
+        Err(_) => "<webhook>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str, from: &str, to: &str) -> HistoryEntry {
+        HistoryEntry {
+            ts: "2026-11-27T10:00:00.000Z".into(),
+            generation: 42,
+            action: action.into(),
+            from: from.into(),
+            to: to.into(),
+            actor: "uid:1000".into(),
+            reason: Some("release 2026.11.27".into()),
+            result: "ok".into(),
+            forced: false,
+            trigger: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_flip_reads_in_one_glance() {
+        let mut e = Event::new("flip", entry("flip", "blue", "green"));
+        e.host = "edge-1".into();
+        assert_eq!(
+            e.text(),
+            "green is live (was blue) — by uid:1000: 'release 2026.11.27' — gen 42 on edge-1"
+        );
+        let c = Event::new("canary", entry("canary", "blue", "blue + green 5%"));
+        assert!(
+            c.text()
+                .starts_with("blue is live, green gets 5% (was blue)"),
+            "{}",
+            c.text()
+        );
+    }
+
+    #[test]
+    fn hooks_get_the_events_they_asked_for() {
+        let guard = Event::new("guard", entry("rollback", "blue + green 5%", "blue"));
+        assert!(guard.matches(&["guard".into()]));
+        assert!(guard.matches(&["rollback".into()]));
+        assert!(!guard.matches(&["flip".into(), "canary".into()]));
+    }
+
+    #[test]
+    fn urls_are_redacted_in_logs() {
+        assert_eq!(
+            redact("https://hooks.example.com/services/T0/B0/secret"),
+            "https://hooks.example.com/…"
+        );
+    }
+}
