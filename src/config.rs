@@ -138,6 +138,8 @@ pub struct WebhookConfig {
     pub url: http::Uri,
     pub format: WebhookFormat,
     pub events: Vec<String>,
+    /// Time limit of one delivery attempt.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -676,11 +678,17 @@ fn validate(raw: raw::File, text: &str, file: &str) -> Result<Config, ConfigErro
                 list.get_ref().clone()
             }
         };
+        let timeout = w
+            .timeout
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "webhook timeout"))
+            .unwrap_or(defaults::WEBHOOK_TIMEOUT);
         if let Some(url) = url {
             notify.push(WebhookConfig {
                 url,
                 format,
                 events,
+                timeout,
             });
         }
     }
@@ -771,6 +779,9 @@ pub mod defaults {
     pub const MIN_REQUESTS: u64 = 50;
     pub const MAX_ERROR_RATIO: f64 = 0.05;
     pub const WATCH_AFTER_FLIP: Duration = Duration::from_secs(300);
+    /// A chat webhook answers in well under a second; five covers a slow day without letting a
+    /// dead hook hold up the next notification for long.
+    pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
     /// Long enough for ordinary requests to finish, short enough for a deploy to move on.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
 }
@@ -883,6 +894,7 @@ mod raw {
         pub url: Spanned<String>,
         pub format: Option<Spanned<String>>,
         pub events: Option<Spanned<Vec<String>>>,
+        pub timeout: Option<Spanned<String>>,
     }
 
     #[derive(Debug, Default, Deserialize)]

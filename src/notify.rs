@@ -21,8 +21,6 @@ use crate::state::HistoryEntry;
 /// Events waiting for delivery; beyond this a burst of changes drops notifications (counted)
 /// rather than holding memory or the change path.
 const QUEUE: usize = 1024;
-/// One attempt's time limit.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per event and hook, and the wait before the second and third.
 const ATTEMPTS: u32 = 3;
 const BACKOFF: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
@@ -169,7 +167,6 @@ impl BackgroundService for Delivery {
             return;
         };
         let client = match reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
             .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
             .build()
         {
@@ -221,6 +218,7 @@ async fn deliver(client: &reqwest::Client, hook: &WebhookConfig, event: &Event, 
         }
         let sent = client
             .post(&url)
+            .timeout(hook.timeout)
             .header("content-type", "application/json")
             .body(payload.clone())
             .send()
@@ -228,7 +226,7 @@ async fn deliver(client: &reqwest::Client, hook: &WebhookConfig, event: &Event, 
         match sent {
             Ok(r) if r.status().is_success() => return,
             Ok(r) => last = format!("answered {}", r.status()),
-            Err(e) if e.is_timeout() => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            Err(e) if e.is_timeout() => last = format!("no answer within {:?}", hook.timeout),
             Err(e) => last = e.to_string(),
         }
     }

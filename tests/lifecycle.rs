@@ -392,3 +392,62 @@ async fn ctl_wait_drained_waits_for_the_old_colour() {
     );
     assert_eq!(slow.await.unwrap().text(), "green");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_a_restart() {
+    let f = Fixture::new("").await;
+    let mut first = serve(&f.config, f.port).await;
+    let out = ctl(
+        &first.socket,
+        &[
+            "rollout",
+            "green",
+            "--steps",
+            "5,50,100",
+            "--interval",
+            "10m",
+            "--reason",
+            "r1",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rollout to green: step 1 of 3 (5%)"),
+        "{text}"
+    );
+    assert_eq!(ctl(&first.socket, &["pause"]).status.code(), Some(0));
+    signal(&first.child, "KILL");
+    exit_within(&mut first.child, Duration::from_secs(5)).await;
+    drop(first);
+
+    let second = serve(&f.config, f.port).await;
+    let (_, st) = admin(&second.socket, "GET", "/v1/status", None).await;
+    assert_eq!(st["canary_bp"], 500);
+    assert_eq!(st["rollout"]["step"], 1);
+    assert_eq!(
+        st["rollout"]["paused"], true,
+        "a paused rollout stays paused: {st}"
+    );
+    let out = ctl(&second.socket, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rollout to green: step 1 of 3 (5%)") && text.contains("PAUSED"),
+        "{text}"
+    );
+    assert!(text.contains("guard: watching green (canary)"), "{text}");
+    let out = ctl(&second.socket, &["flip", "green"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rollout_running"));
+    assert_eq!(ctl(&second.socket, &["abort"]).status.code(), Some(0));
+    let (_, st) = admin(&second.socket, "GET", "/v1/status", None).await;
+    assert_eq!(
+        (st["canary_bp"].as_u64(), st["rollout"].is_null()),
+        (Some(0), true)
+    );
+}

@@ -586,3 +586,68 @@ pub fn sample(
         })
         .next()
 }
+
+/// How a test webhook receiver answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum HookMode {
+    Ok,
+    Fail500,
+    Hang,
+}
+
+/// A real local HTTP server standing in for a chat webhook; keeps every JSON body it gets.
+pub struct Hook {
+    pub addr: SocketAddr,
+    pub bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub attempts: Arc<AtomicUsize>,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Hook {
+    pub async fn start(mode: HookMode) -> Hook {
+        let listener = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (b, a) = (bodies.clone(), attempts.clone());
+        tokio::spawn(httpd::serve(
+            listener,
+            move |req: Request<Incoming>, _| {
+                let (b, a) = (b.clone(), a.clone());
+                async move {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    match mode {
+                        HookMode::Hang => {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            httpd::text(200, "late")
+                        }
+                        HookMode::Fail500 => httpd::text(500, "nope"),
+                        HookMode::Ok => {
+                            if let Ok(v) = serde_json::from_slice(&body) {
+                                b.lock().unwrap().push(v);
+                            }
+                            httpd::text(200, "ok")
+                        }
+                    }
+                }
+            },
+            rx,
+        ));
+        Hook {
+            addr,
+            bodies,
+            attempts,
+            _shutdown: tx,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
