@@ -174,6 +174,66 @@ fn pool_by_name(table: &RoutingTable, name: &[u8]) -> Option<PoolId> {
     table.pools.iter().position(|p| p.name.as_bytes() == name)
 }
 
+/// Most request headers accepted (nginx and HAProxy allow about 100).
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of request headers accepted: 32 KiB, between nginx's 8 KiB lines and HAProxy's
+/// 16 KiB buffer on one side and pingora's own 1 MiB on the other.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Why a request's framing or size is refused: `(status, reason)`.
+///
+/// Refused: a `Content-Length` that is not a plain number or is given twice with different values;
+/// `Content-Length` together with `Transfer-Encoding`; any transfer coding but a single `chunked`;
+/// `Transfer-Encoding` on HTTP/1.0; more than [`MAX_HEADERS`] headers or [`MAX_HEADER_BYTES`].
+pub fn framing_error(req: &RequestHeader) -> Option<(u16, &'static str)> {
+    let h = &req.headers;
+    if h.len() > MAX_HEADERS {
+        return Some((431, "too many request headers"));
+    }
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Some((431, "request headers too large"));
+    }
+    let mut length: Option<&[u8]> = None;
+    for v in h.get_all(http::header::CONTENT_LENGTH) {
+        let v = v.as_bytes().trim_ascii();
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Some((400, "invalid Content-Length"));
+        }
+        if length.is_some_and(|l| l != v) {
+            return Some((400, "conflicting Content-Length headers"));
+        }
+        length = Some(v);
+    }
+    let mut te = h.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if length.is_some() {
+            return Some((400, "both Content-Length and Transfer-Encoding"));
+        }
+        if req.version == http::Version::HTTP_10 {
+            return Some((400, "Transfer-Encoding on HTTP/1.0"));
+        }
+        if te.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return Some((400, "unsupported Transfer-Encoding"));
+        }
+    }
+    None
+}
+
+/// Whether raw request headers include a `Content-Length` field (any case).
+fn has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').any(|line| {
+        line.len() > 15
+            && line[..14].eq_ignore_ascii_case(b"content-length")
+            && line[14..].trim_ascii_start().starts_with(b":")
+    })
+}
+
 /// What a failed exchange with a backend counts as.
 fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
     match e.etype() {
@@ -248,6 +308,31 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let error = framing_error(session.req_header()).or_else(|| {
+            // pingora drops Content-Length when Transfer-Encoding is also present (and closes the
+            // connection after); refuse such a request outright, as the raw header shows it.
+            let te = session
+                .req_header()
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING);
+            let raw = te.then(|| {
+                session
+                    .as_downstream()
+                    .as_http1()
+                    .map(|s| s.get_headers_raw_bytes())
+            });
+            raw.flatten()
+                .filter(|raw| has_content_length(raw))
+                .map(|_| (400, "both Content-Length and Transfer-Encoding"))
+        });
+        if let Some((status, why)) = error {
+            // Ambiguous framing is how requests get smuggled past a proxy: refuse it, and close
+            // the connection, since where this request ends is exactly what is in doubt.
+            session.set_keepalive(None);
+            let body = bytes::Bytes::from(format!("{why}\n"));
+            session.respond_error_with_body(status, body).await?;
+            return Ok(true);
+        }
         let table = self.switchboard.load_full();
         let (chosen, preview) = match self.preview_pool(session, &table) {
             Some(pool) => (pool, true),
@@ -415,5 +500,95 @@ impl ProxyHttp for Proxy {
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn plain_framing_passes() {
+        assert_eq!(framing_error(&req(&[("content-length", "5")])), None);
+        assert_eq!(
+            framing_error(&req(&[("content-length", "5"), ("content-length", "5")])),
+            None
+        );
+        assert_eq!(
+            framing_error(&req(&[("transfer-encoding", "chunked")])),
+            None
+        );
+        assert_eq!(
+            framing_error(&req(&[("transfer-encoding", " Chunked ")])),
+            None
+        );
+        assert_eq!(framing_error(&req(&[])), None);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let bad = |h: &[(&str, &str)]| framing_error(&req(h)).map(|(s, _)| s);
+        assert_eq!(
+            bad(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
+            Some(400)
+        );
+        assert_eq!(
+            bad(&[("content-length", "5"), ("content-length", "6")]),
+            Some(400)
+        );
+        assert_eq!(bad(&[("content-length", "+5")]), Some(400));
+        assert_eq!(bad(&[("content-length", "5, 5")]), Some(400));
+        assert_eq!(bad(&[("transfer-encoding", "chunked, chunked")]), Some(400));
+        assert_eq!(bad(&[("transfer-encoding", "gzip")]), Some(400));
+        assert_eq!(bad(&[("transfer-encoding", "gzip, chunked")]), Some(400));
+        assert_eq!(
+            bad(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]),
+            Some(400)
+        );
+        let mut old = req(&[("transfer-encoding", "chunked")]);
+        old.set_version(http::Version::HTTP_10);
+        assert_eq!(framing_error(&old).map(|(s, _)| s), Some(400));
+    }
+
+    #[test]
+    fn raw_content_length_is_found_in_any_case() {
+        assert!(has_content_length(
+            b"POST / HTTP/1.1\r\nHost: x\r\ncontent-LENGTH: 4\r\n\r\n"
+        ));
+        assert!(has_content_length(
+            b"POST / HTTP/1.1\r\nContent-Length : 4\r\n\r\n"
+        ));
+        assert!(!has_content_length(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\n\r\n"
+        ));
+        assert!(!has_content_length(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn oversized_headers_get_431() {
+        let many: Vec<(String, String)> =
+            (0..101).map(|i| (format!("x-h{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(framing_error(&req(&many)).map(|(s, _)| s), Some(431));
+        let big = "x".repeat(MAX_HEADER_BYTES);
+        assert_eq!(
+            framing_error(&req(&[("x-big", &big)])).map(|(s, _)| s),
+            Some(431)
+        );
+        let fine = "x".repeat(8 * 1024);
+        assert_eq!(framing_error(&req(&[("x-fine", &fine)])), None);
     }
 }

@@ -255,3 +255,51 @@ async fn protocol_upgrades_pass_through() {
         assert_eq!(back, msg);
     }
 }
+
+/// Sends raw bytes on a fresh connection and reads until the proxy closes it (or 5 s pass).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_and_huge_headers_never_reach_a_backend() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let smuggle = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (smuggle.to_vec(), "HTTP/1.1 400"),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(40 * 1024)
+            )
+            .into_bytes(),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (req, want) in cases {
+        let answer = raw(proxy.addr, &req).await;
+        assert!(answer.starts_with(want), "wanted {want}, got {answer:?}");
+    }
+    assert_eq!(blue.hits(), 0, "no refused request reached a backend");
+    // 8 KiB of headers is fine.
+    let ok = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Fine: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8 * 1024)
+    );
+    assert!(raw(proxy.addr, ok.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(blue.hits(), 1);
+}
