@@ -24,6 +24,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/switchyard/switchyard.toml";
 /// The number of pools: blue/green means exactly two colours.
 pub const POOL_COUNT: usize = 2;
 
+/// The longest duration any setting accepts: far beyond any sane value, and small enough that
+/// deadlines computed from it never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The most basis points a canary can have: 10 000 bp = 100 %.
 pub const MAX_BP: u32 = 10_000;
 
@@ -299,6 +303,16 @@ impl Errors<'_> {
 
     fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
         match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if d > MAX_DURATION => {
+                self.at(
+                    s,
+                    format!(
+                        "{what} `{}` is longer than 7 days; no setting needs that",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.at(
@@ -714,6 +728,23 @@ fn validate(raw: raw::File, text: &str, file: &str) -> Result<Config, ConfigErro
         access: raw.log.and_then(|l| l.access).unwrap_or(false),
     };
 
+    // Every listener needs its own port: a shared one would let a start-up check pass against
+    // the wrong service.
+    let mut taken: Vec<(SocketAddr, &str)> = listen.iter().map(|a| (*a, "[listen] http")).collect();
+    taken.extend(admin.listen.map(|a| (a, "[admin] listen")));
+    taken.extend(metrics.listen.map(|a| (a, "[metrics] listen")));
+    for (i, (a, what)) in taken.iter().enumerate() {
+        for (b, other) in &taken[..i] {
+            let overlap = a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified());
+            if overlap && what != other {
+                errs.general(format!(
+                    "{what} {a} and {other} {b} use the same port; give each listener its own"
+                ));
+            }
+        }
+    }
+
     if !errs.list.is_empty() {
         return Err(ConfigErrors(errs.list));
     }
@@ -1030,6 +1061,24 @@ sticky = "session"
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(e.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn listeners_need_their_own_ports() {
+        let text = format!(
+            "{MINIMAL}\n[listen]\nhttp = [\"0.0.0.0:8080\"]\n[metrics]\nlisten = \"127.0.0.1:8080\"\n"
+        );
+        let e = Config::parse(&text, "t").unwrap_err().0;
+        assert!(e[0].message.contains("use the same port"), "{}", e[0]);
+        let text = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9101\"\n");
+        assert!(Config::parse(&text, "t").is_ok());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let text = format!("{MINIMAL}\n[guard]\nwatch_after_flip = \"100000d\"\n");
+        let e = Config::parse(&text, "t").unwrap_err().0;
+        assert!(e[0].message.contains("longer than 7 days"), "{}", e[0]);
     }
 
     #[test]

@@ -428,6 +428,8 @@ fn rollout_line(a: &Value) -> Option<String> {
         .unwrap_or_default();
     let state = if r["paused"] == Value::Bool(true) {
         "PAUSED".to_string()
+    } else if let Some(why) = r["holding"].as_str() {
+        format!("holding: {why}")
     } else {
         format!(
             "next step in {:.0}s",

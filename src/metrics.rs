@@ -255,9 +255,14 @@ impl Metrics {
         if let Some(c) = code_class(status) {
             p.requests[c].inc();
         }
-        let secs = elapsed.as_secs_f64();
-        p.duration.observe(secs);
-        p.window.record(elapsed, failed || status >= 500);
+        // A protocol upgrade (WebSocket) lasts as long as the session, not as long as a request
+        // takes to answer: its duration would read as a latency outlier and could make the guard
+        // roll back a healthy colour. It is counted, not timed.
+        let latency = (status != 101).then_some(elapsed);
+        if let Some(l) = latency {
+            p.duration.observe(l.as_secs_f64());
+        }
+        p.window.record(latency, failed || status >= 500);
     }
 
     #[inline]
@@ -411,6 +416,9 @@ fn now_secs() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_secs()
 }
 
+/// A slot's `second` while one recorder clears it.
+const CLAIMING: u64 = u64::MAX - 1;
+
 /// One second's figures.
 struct Slot {
     /// Which second (of [`now_secs`]) this slot holds; a slot from an older lap is stale.
@@ -424,8 +432,8 @@ struct Slot {
 /// histogram per second, for the last `len` seconds.
 ///
 /// Recording is a handful of relaxed atomic adds. When a request lands in a slot left over from
-/// an earlier lap, the first recorder to notice claims it (compare-and-swap on `second`) and
-/// clears it; a request recorded concurrently with that clearing may be lost, which is a rounding
+/// an earlier lap, the first recorder to notice claims it (compare-and-swap on `second`), clears
+/// it and publishes the new second; a request recorded during that instant is dropped, a rounding
 /// error for the rates and ratios this serves, and why exact counts come from Prometheus instead.
 pub struct Window {
     slots: Vec<Slot>,
@@ -477,31 +485,46 @@ impl Window {
         }
     }
 
-    /// Records one finished request.
+    /// Records one finished request (`latency`: `None` to count it without timing it).
     #[inline]
-    pub fn record(&self, latency: Duration, error: bool) {
+    pub fn record(&self, latency: Option<Duration>, error: bool) {
         let now = now_secs();
         let slot = &self.slots[(now % self.slots.len() as u64) as usize];
-        let seen = slot.second.load(Ordering::Acquire);
-        if seen != now
-            && slot
+        loop {
+            let seen = slot.second.load(Ordering::Acquire);
+            if seen == now {
+                break;
+            }
+            if seen == CLAIMING {
+                // Another recorder is clearing this slot right now: drop this one sample
+                // rather than wait.
+                return;
+            }
+            // Claim the stale slot, clear it, then publish the new second, so a reader never
+            // sees the old lap's counts under the new second.
+            if slot
                 .second
-                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(seen, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-        {
-            slot.requests.store(0, Ordering::Relaxed);
-            slot.errors.store(0, Ordering::Relaxed);
-            for b in &slot.latency {
-                b.store(0, Ordering::Relaxed);
+            {
+                slot.requests.store(0, Ordering::Relaxed);
+                slot.errors.store(0, Ordering::Relaxed);
+                for b in &slot.latency {
+                    b.store(0, Ordering::Relaxed);
+                }
+                slot.second.store(now, Ordering::Release);
+                break;
             }
         }
         slot.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        let idx = window_bounds().partition_point(|&b| b < us);
-        slot.latency[idx].fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = latency {
+            let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+            let idx = window_bounds().partition_point(|&b| b < us);
+            slot.latency[idx].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Figures over the last `span` (whole seconds, including the current, partial one).
@@ -567,10 +590,10 @@ mod tests {
     fn the_window_counts_and_estimates_percentiles() {
         let w = Window::new(10);
         for _ in 0..98 {
-            w.record(Duration::from_millis(2), false);
+            w.record(Some(Duration::from_millis(2)), false);
         }
-        w.record(Duration::from_millis(300), true);
-        w.record(Duration::from_millis(300), true);
+        w.record(Some(Duration::from_millis(300)), true);
+        w.record(Some(Duration::from_millis(300)), true);
         let s = w.stats(Duration::from_secs(10));
         assert_eq!((s.requests, s.errors), (100, 2));
         assert!((s.error_ratio() - 0.02).abs() < 1e-9);

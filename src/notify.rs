@@ -5,6 +5,7 @@
 //! a timeout per attempt and three attempts with backoff. A full queue or a hook that keeps
 //! failing is logged and counted (`switchyard_notify_failures_total`), and the change stands.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,10 +110,16 @@ fn live_sentence(route: &str) -> String {
     }
 }
 
+/// This machine's name, read once (gethostname(2): works under systemd's `ProcSubset=pid`,
+/// which hides /proc/sys).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "switchyard".into())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        gethostname::gethostname()
+            .into_string()
+            .unwrap_or_else(|_| "switchyard".into())
+    })
+    .clone()
 }
 
 /// The sending side, held by the admin handler.
@@ -120,36 +127,51 @@ fn hostname() -> String {
 pub struct Notifier {
     tx: Option<mpsc::Sender<Event>>,
     metrics: Arc<Metrics>,
+    /// Events queued or being delivered; shutdown waits (briefly) for this to reach zero.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Notifier {
     /// A notifier for `hooks`, and the background service that delivers for it.
     pub fn new(hooks: Vec<WebhookConfig>, metrics: Arc<Metrics>) -> (Notifier, Option<Delivery>) {
+        let pending = Arc::new(AtomicUsize::new(0));
         if hooks.is_empty() {
-            return (Notifier { tx: None, metrics }, None);
+            let n = Notifier {
+                tx: None,
+                metrics,
+                pending,
+            };
+            return (n, None);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let delivery = Delivery {
             hooks,
             rx: Mutex::new(Some(rx)),
             metrics: metrics.clone(),
+            pending: pending.clone(),
         };
-        (
-            Notifier {
-                tx: Some(tx),
-                metrics,
-            },
-            Some(delivery),
-        )
+        let n = Notifier {
+            tx: Some(tx),
+            metrics,
+            pending,
+        };
+        (n, Some(delivery))
     }
 
     /// Queues `event` for delivery; never blocks.
     pub fn send(&self, event: Event) {
         let Some(tx) = &self.tx else { return };
+        self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = tx.try_send(event) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
             self.metrics.notify_failures.inc();
             tracing::warn!("notification dropped: {e}");
         }
+    }
+
+    /// Events not yet delivered (or given up on).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
     }
 }
 
@@ -158,11 +180,12 @@ pub struct Delivery {
     hooks: Vec<WebhookConfig>,
     rx: Mutex<Option<mpsc::Receiver<Event>>>,
     metrics: Arc<Metrics>,
+    pending: Arc<AtomicUsize>,
 }
 
 #[async_trait]
 impl BackgroundService for Delivery {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
@@ -176,10 +199,12 @@ impl BackgroundService for Delivery {
                 return;
             }
         };
+        // Keeps delivering after the shutdown broadcast: the process exits once requests have
+        // drained and the queue is empty (or a short deadline passes), so the last changes before
+        // a restart still reach the team.
         loop {
-            let event = tokio::select! {
-                _ = shutdown.changed() => return,
-                e = rx.recv() => match e { Some(e) => e, None => return },
+            let Some(event) = rx.recv().await else {
+                return;
             };
             // Hooks are served concurrently, so one that hangs does not hold up the others;
             // events are delivered in order (the next waits for this one's attempts).
@@ -194,6 +219,7 @@ impl BackgroundService for Delivery {
                 sends.spawn(async move { deliver(&client, &hook, &event, &metrics).await });
             }
             while sends.join_next().await.is_some() {}
+            self.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

@@ -399,10 +399,15 @@ impl ProxyHttp for Proxy {
             self.metrics
                 .record_upstream_error(r.pool, UpstreamErrorKind::Connect);
         }
-        let others = ctx
-            .route
-            .as_ref()
-            .is_some_and(|r| r.table.pool(r.pool).backends.len() > 1);
+        // Retry only when another healthy backend exists: retrying the one that just refused
+        // would only double the wait.
+        let others = ctx.route.as_ref().is_some_and(|r| {
+            let pool = r.table.pool(r.pool);
+            pool.backends
+                .iter()
+                .enumerate()
+                .any(|(i, b)| Some(i) != ctx.backend && b.is_healthy())
+        });
         if ctx.connect_retries < MAX_CONNECT_RETRIES && others {
             ctx.connect_retries += 1;
             ctx.failed_backend = ctx.backend;
@@ -426,15 +431,15 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let xff = match upstream_request.headers.get("x-forwarded-for") {
-                Some(prev) => {
-                    let mut v = prev.as_bytes().to_vec();
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(ip.to_string().as_bytes());
-                    HeaderValue::from_bytes(&v).ok()
-                }
-                None => HeaderValue::from_str(&ip.to_string()).ok(),
-            };
+            // Every earlier hop, from however many header lines, then this client.
+            let mut v = Vec::with_capacity(64);
+            for prev in upstream_request.headers.get_all("x-forwarded-for") {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+            use std::io::Write;
+            let _ = write!(v, "{ip}");
+            let xff = HeaderValue::from_bytes(&v).ok();
             if let Some(xff) = xff {
                 upstream_request.insert_header("x-forwarded-for", xff)?;
             }

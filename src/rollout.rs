@@ -165,7 +165,10 @@ impl Rollout {
     /// Restores a saved rollout; the current step's wait starts over at `now`.
     pub fn from_file(f: &RolloutFile, names: &[String], now: Instant) -> Option<Rollout> {
         let to = names.iter().position(|n| *n == f.to)?;
-        if f.steps_bp.is_empty() || f.step >= f.steps_bp.len() {
+        let steps_ok = !f.steps_bp.is_empty()
+            && f.steps_bp.iter().all(|&bp| (1..=MAX_BP).contains(&bp))
+            && f.steps_bp.windows(2).all(|w| w[0] < w[1]);
+        if !steps_ok || f.step >= f.steps_bp.len() || f.interval_ms == 0 {
             return None;
         }
         let interval = Duration::from_millis(f.interval_ms);

@@ -60,6 +60,10 @@ pub enum StartError {
     Preview(#[from] PreviewError),
 }
 
+/// Requests served on one client connection before it is closed (nginx's `keepalive_requests`;
+/// pingora's default is no limit), so per-connection memory is returned now and then.
+const KEEPALIVE_REQUESTS: u32 = 1000;
+
 /// How the process behaves around the server; the binary and the tests differ here.
 #[derive(Debug, Clone)]
 pub struct RunMode {
@@ -138,7 +142,7 @@ impl Switchyard {
         };
         let (notifier, delivery) = Notifier::new(config.notify.clone(), metrics.clone());
         let (switchboard, admin) =
-            Admin::start(&config, metrics.clone(), preview.clone(), notifier)?;
+            Admin::start(&config, metrics.clone(), preview.clone(), notifier.clone())?;
         let admin = Arc::new(admin);
 
         let mut conf = ServerConf {
@@ -161,6 +165,11 @@ impl Switchyard {
         );
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
+        if let Some(app) = proxy_service.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
+            app.server_options = Some(options);
+        }
         for addr in &config.listen {
             proxy_service.add_tcp(&addr.to_string());
         }
@@ -174,7 +183,6 @@ impl Switchyard {
         if let Some(delivery) = delivery {
             add_background(&mut server, "notifications", delivery);
         }
-        add_background(&mut server, "sighup", HangupHandler);
         if config.health.enabled {
             let checker = HealthChecker::new(switchboard.clone(), config.health.clone());
             add_background(&mut server, "health checks", checker);
@@ -188,6 +196,7 @@ impl Switchyard {
             let drain = DrainWatcher {
                 switchboard: switchboard.clone(),
                 grace: config.shutdown.grace_period,
+                notifier: notifier.clone(),
             };
             add_background(&mut server, "drain", drain);
         }
@@ -255,16 +264,26 @@ pub struct ProcessSignals {
 }
 
 impl ProcessSignals {
-    /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown) and SIGQUIT (graceful
-    /// upgrade, pingora's hand-over of listening sockets to a new process).
+    /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown), SIGQUIT (treated as
+    /// SIGTERM: pingora's hand-over of listening sockets to a new process is not supported, as
+    /// the admin and metrics sockets are not pingora listeners) and SIGHUP (logged: reload is
+    /// not available yet, and its default action would kill the process).
     pub fn install() -> io::Result<ProcessSignals> {
-        use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
+                    if sig == SIGHUP {
+                        tracing::warn!(
+                            "SIGHUP received: configuration reload is not available yet; \
+                             restart switchyard to apply a new config (the routing state \
+                             survives a restart)"
+                        );
+                        continue;
+                    }
                     if tx.send(sig).is_err() {
                         return;
                     }
@@ -286,10 +305,9 @@ impl ProcessSignals {
 #[async_trait]
 impl ShutdownSignalWatch for ProcessSignals {
     async fn recv(&self) -> ShutdownSignal {
-        use signal_hook::consts::{SIGINT, SIGQUIT};
+        use signal_hook::consts::SIGINT;
         match self.rx.lock().await.recv().await {
             Some(SIGINT) => ShutdownSignal::FastShutdown,
-            Some(SIGQUIT) => ShutdownSignal::GracefulUpgrade,
             _ => ShutdownSignal::GracefulTerminate,
         }
     }
@@ -347,7 +365,11 @@ fn create_dir(path: &std::path::Path) -> Result<(), StartError> {
 struct DrainWatcher {
     switchboard: Arc<Switchboard>,
     grace: Duration,
+    notifier: Notifier,
 }
+
+/// After the requests, how long shutdown waits for queued notifications at most.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(3);
 
 /// How often the drain watcher looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -373,11 +395,13 @@ impl BackgroundService for DrainWatcher {
         loop {
             let n = inflight();
             if n == 0 {
+                self.flush_notifications().await;
                 tracing::info!("all requests finished; exiting");
                 std::process::exit(0);
             }
             if Instant::now() >= deadline {
                 tracing::warn!("grace period over with {n} request(s) still in flight; exiting");
+                self.flush_notifications().await;
                 std::process::exit(0);
             }
             tokio::time::sleep(DRAIN_POLL).await;
@@ -385,25 +409,17 @@ impl BackgroundService for DrainWatcher {
     }
 }
 
-/// Keeps SIGHUP from killing the process (its default action; pingora does not handle it).
-struct HangupHandler;
-
-#[async_trait]
-impl BackgroundService for HangupHandler {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot install a SIGHUP handler; SIGHUP will stop the process");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = hup.recv() => tracing::warn!(
-                    "SIGHUP received: configuration reload is not available yet; restart \
-                     switchyard to apply a new config (the routing state survives a restart)"
-                ),
-            }
+impl DrainWatcher {
+    /// Gives queued notifications a moment to go out, so the last change before a restart is
+    /// still announced.
+    async fn flush_notifications(&self) {
+        let until = Instant::now() + NOTIFY_FLUSH;
+        while self.notifier.pending() > 0 && Instant::now() < until {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let left = self.notifier.pending();
+        if left > 0 {
+            tracing::warn!("exiting with {left} notification(s) undelivered");
         }
     }
 }

@@ -6,7 +6,7 @@
 //! change, each fsynced; it is the record of who changed what, when and why.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -97,6 +97,9 @@ pub struct StoreError {
     pub path: PathBuf,
     #[source]
     pub source: io::Error,
+    /// The new file was already renamed into place; only the directory fsync failed. The new
+    /// state is what a restart will read (barring a power loss), so it must not be undone.
+    pub committed: bool,
 }
 
 /// The state directory.
@@ -194,6 +197,7 @@ impl StateStore {
         let err = |source| StoreError {
             path: path.clone(),
             source,
+            committed: false,
         };
         let mut json = serde_json::to_vec_pretty(file).expect("state serialises");
         json.push(b'\n');
@@ -204,7 +208,11 @@ impl StateStore {
         fs::rename(&tmp, &path).map_err(err)?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(err)?;
+            .map_err(|source| StoreError {
+                path: path.clone(),
+                source,
+                committed: true,
+            })?;
         Ok(())
     }
 
@@ -214,6 +222,7 @@ impl StateStore {
         let err = |source| StoreError {
             path: path.clone(),
             source,
+            committed: false,
         };
         let mut line = serde_json::to_vec(entry).expect("history serialises");
         line.push(b'\n');
@@ -241,20 +250,29 @@ impl StateStore {
 
     /// The newest `limit` history entries, newest first. Lines that do not parse (e.g. a line
     /// torn by a crash mid-append) are skipped.
+    ///
+    /// Lines are split on raw bytes, so even a line torn mid-character is skipped alone rather
+    /// than hiding everything after it.
     pub fn read_history(&self, limit: usize) -> io::Result<Vec<HistoryEntry>> {
-        let f = match File::open(self.history_path()) {
-            Ok(f) => f,
+        let bytes = match fs::read(self.history_path()) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut entries: Vec<HistoryEntry> = io::BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect();
-        entries.reverse();
-        entries.truncate(limit);
-        Ok(entries)
+        Ok(bytes
+            .split(|&b| b == b'\n')
+            .rev()
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .take(limit)
+            .collect())
+    }
+
+    /// The generation of the newest history entry (0 when there is none).
+    pub fn last_generation(&self) -> u64 {
+        self.read_history(1)
+            .ok()
+            .and_then(|h| h.first().map(|e| e.generation))
+            .unwrap_or(0)
     }
 }
 

@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -28,20 +27,26 @@ fn colour(flips: u64) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flips_under_load_fail_nothing_and_apply_to_the_next_request() {
     let (_blue, _green, proxy) = two_pools().await;
-    // `acked` = flips acknowledged so far; `started` = flips sent so far. Flip k (1-based) makes
-    // colour(k) live.
+    const WORKERS: usize = 6;
+    const FLIPS: u64 = 50;
+    // `started` = flips sent so far, `acked` = flips acknowledged; flip k makes colour(k) live.
+    // Each worker reports in `seen[w]` the last flip after whose acknowledgement it completed a
+    // request; the next flip is sent only once every worker has, so every flip is checked by
+    // requests from every connection.
     let acked = Arc::new(AtomicU64::new(0));
     let started = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let requests = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Vec<AtomicU64>> = Arc::new((0..WORKERS).map(|_| AtomicU64::new(0)).collect());
+    let strict = Arc::new(AtomicUsize::new(0));
 
     let mut workers = Vec::new();
-    for _ in 0..6 {
-        let (acked, started, stop, requests) = (
+    for w in 0..WORKERS {
+        let (acked, started, stop, seen, strict) = (
             acked.clone(),
             started.clone(),
             stop.clone(),
-            requests.clone(),
+            seen.clone(),
+            strict.clone(),
         );
         let addr = proxy.addr;
         workers.push(tokio::spawn(async move {
@@ -54,26 +59,27 @@ async fn flips_under_load_fail_nothing_and_apply_to_the_next_request() {
                     .expect("no request may fail during flips");
                 assert_eq!(r.status, 200);
                 let got = r.text();
-                if got != colour(k) {
-                    // Only a later flip, already sent, can explain another colour.
-                    let s = started.load(Ordering::SeqCst);
+                if started.load(Ordering::SeqCst) == k {
+                    // Sent after flip k was acknowledged, answered before flip k+1 was sent:
+                    // it must have been routed by flip k, exactly.
+                    assert_eq!(
+                        got,
+                        colour(k),
+                        "a request after flip {k}'s ack got the old colour"
+                    );
+                    seen[w].store(k, Ordering::SeqCst);
+                    strict.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    // Flip k+1 was in flight: either colour is right.
                     assert!(
-                        s > k,
-                        "request started after flip {k} was acknowledged got {got}, \
-                         and no later flip had been sent"
+                        got == colour(k) || got == colour(k + 1),
+                        "got {got} around flip {k}"
                     );
                 }
-                requests.fetch_add(1, Ordering::SeqCst);
             }
         }));
     }
-    // Let the load get going, then flip 50 times.
-    wait_for("load to start", READY_DEADLINE, || {
-        let n = requests.load(Ordering::SeqCst);
-        async move { (n >= 50).then_some(()) }
-    })
-    .await;
-    for k in 1..=50u64 {
+    for k in 1..=FLIPS {
         started.store(k, Ordering::SeqCst);
         let (status, answer) = admin(
             &proxy.socket(),
@@ -87,19 +93,18 @@ async fn flips_under_load_fail_nothing_and_apply_to_the_next_request() {
         assert_eq!(answer["generation"], k);
         assert!(answer["applied_us"].as_u64().is_some());
         acked.store(k, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let seen = seen.clone();
+        wait_for("every connection to see the flip", READY_DEADLINE, || {
+            let all = seen.iter().all(|s| s.load(Ordering::SeqCst) >= k);
+            async move { all.then_some(()) }
+        })
+        .await;
     }
-    let before_stop = requests.load(Ordering::SeqCst);
-    wait_for("load after the last flip", READY_DEADLINE, || {
-        let n = requests.load(Ordering::SeqCst);
-        async move { (n >= before_stop + 50).then_some(()) }
-    })
-    .await;
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         w.await.expect("worker failed");
     }
-    assert!(requests.load(Ordering::SeqCst) > 100);
+    assert!(strict.load(Ordering::SeqCst) >= WORKERS * FLIPS as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -378,4 +383,36 @@ async fn tcp_admin_needs_the_token() {
     assert_eq!((s, a["primary"].as_str()), (200, Some("green")));
     let (_, h) = admin(&proxy.socket(), "GET", "/v1/history", None).await;
     assert_eq!(h[0]["actor"], "token:deployer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_saved_is_undone_and_answers_500() {
+    let (_blue, _green, proxy) = two_pools().await;
+    // A directory where the temp file must go makes the write fail.
+    let blocker = proxy.dir.path().join("state/state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let before = proxy.switchboard.state();
+    let (s, a) = admin(
+        &proxy.socket(),
+        "POST",
+        "/v1/flip",
+        Some(json!({"to": "green"})),
+    )
+    .await;
+    assert_eq!((s, a["code"].as_str()), (500, Some("internal")), "{a}");
+    assert!(a["error"].as_str().unwrap().contains("not applied"));
+    assert_eq!(proxy.switchboard.state(), before);
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue");
+    std::fs::remove_dir(&blocker).unwrap();
+    let (s, a) = admin(
+        &proxy.socket(),
+        "POST",
+        "/v1/flip",
+        Some(json!({"to": "green"})),
+    )
+    .await;
+    assert_eq!(
+        (s, a["generation"].as_u64()),
+        (200, Some(before.generation + 1))
+    );
 }

@@ -189,8 +189,13 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_is_not() {
 async fn a_rollout_walks_its_steps_and_promotes() {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
-    let toml = format!("{}\n{GUARD}", pools_toml(&[blue.addr], &[green.addr]));
+    let toml = format!(
+        "{}\n[routing]\nsticky = \"none\"\n{}",
+        pools_toml(&[blue.addr], &[green.addr]),
+        GUARD.replace("min_requests = 50", "min_requests = 5")
+    );
     let proxy = Proxy::start(&toml).await;
+    let load = Load::start(proxy.addr);
     let (s, a) = post(
         &proxy,
         "/v1/rollout",
@@ -218,6 +223,7 @@ async fn a_rollout_walks_its_steps_and_promotes() {
         async move { (st.primary == 1 && st.canary_bp == 0).then_some(()) }
     })
     .await;
+    load.stop().await;
     let st = status(&proxy).await;
     assert!(st["rollout"].is_null());
     let h = history(&proxy).await;
@@ -296,7 +302,11 @@ async fn a_breach_at_step_3_rolls_back_and_stops_the_rollout() {
 async fn pause_holds_the_step_and_abort_returns_to_zero() {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
-    let toml = format!("{}\n{GUARD}", pools_toml(&[blue.addr], &[green.addr]));
+    let toml = format!(
+        "{}\n[routing]\nsticky = \"none\"\n{}",
+        pools_toml(&[blue.addr], &[green.addr]),
+        GUARD.replace("min_requests = 50", "min_requests = 5")
+    );
     let proxy = Proxy::start(&toml).await;
     let (s, _) = post(
         &proxy,
@@ -323,6 +333,8 @@ async fn pause_holds_the_step_and_abort_returns_to_zero() {
 
     let (s, _) = post(&proxy, "/v1/rollout/resume", json!({})).await;
     assert_eq!(s, 200);
+    // A step moves on only once the guard has seen it healthy: give it traffic.
+    let load = Load::start(proxy.addr);
     let socket = proxy.socket();
     wait_for("step 2 after resuming", READY_DEADLINE, || {
         let socket = socket.clone();
@@ -332,6 +344,7 @@ async fn pause_holds_the_step_and_abort_returns_to_zero() {
         }
     })
     .await;
+    load.stop().await;
     let (s, a) = post(&proxy, "/v1/rollout/abort", json!({"reason": "not today"})).await;
     assert_eq!(s, 200, "{a}");
     assert_eq!(
@@ -396,4 +409,86 @@ async fn a_bad_webhook_never_delays_a_change_and_is_counted() {
         "3 attempts per event"
     );
     assert_eq!(hang.attempts.load(Ordering::SeqCst), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_without_traffic_holds_its_step() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[routing]\nsticky = \"none\"\n{}",
+        pools_toml(&[blue.addr], &[green.addr]),
+        GUARD.replace("min_requests = 50", "min_requests = 10")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let (s, _) = post(
+        &proxy,
+        "/v1/rollout",
+        json!({"to": "green", "steps": [20, 100], "interval": "200ms"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Well past the interval, with no traffic: no evidence, no next step.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let st = status(&proxy).await;
+    assert_eq!(
+        (st["rollout"]["step"].as_u64(), st["canary_bp"].as_u64()),
+        (Some(1), Some(2000)),
+        "{st}"
+    );
+    let why = st["rollout"]["holding"].as_str().unwrap_or("").to_string();
+    assert!(why.contains("0 of 10 requests"), "{st}");
+    // Traffic arrives: the guard judges the step healthy and the rollout moves on.
+    let load = Load::start(proxy.addr);
+    let sb = proxy.switchboard.clone();
+    wait_for(
+        "the rollout to finish once traffic flows",
+        READY_DEADLINE,
+        || {
+            let st = sb.state();
+            async move { (st.primary == 1).then_some(()) }
+        },
+    )
+    .await;
+    load.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_canary_breaches_max_p99() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[routing]\nsticky = \"none\"\n{}max_p99 = \"100ms\"\n",
+        pools_toml(&[blue.addr], &[green.addr]),
+        GUARD.replace("min_requests = 50", "min_requests = 10")
+    );
+    let proxy = Proxy::start(&toml).await;
+    green.delay(150);
+    let (s, _) = post(
+        &proxy,
+        "/v1/canary",
+        json!({"pool": "green", "percent": 50}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let load = Load::start(proxy.addr);
+    let sb = proxy.switchboard.clone();
+    wait_for(
+        "the guard to roll back the slow canary",
+        READY_DEADLINE,
+        || {
+            let bp = sb.state().canary_bp;
+            async move { (bp == 0).then_some(()) }
+        },
+    )
+    .await;
+    load.stop().await;
+    let h = history(&proxy).await;
+    assert_eq!(h[0]["trigger"], "guard");
+    let reason = h[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("p99 ") && reason.contains("> 100 ms"),
+        "{reason}"
+    );
+    assert!(h[0]["detail"]["p99_ms"].as_f64().unwrap() >= 150.0);
 }

@@ -451,3 +451,16 @@ async fn a_rollout_survives_a_restart() {
         (Some(0), true)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_stop_the_proxy() {
+    let f = Fixture::new("").await;
+    let mut s = serve(&f.config, f.port).await;
+    signal(&s.child, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the proxy"
+    );
+    assert_eq!(get(s.addr, "/").await.text(), "blue");
+}

@@ -33,11 +33,13 @@ fn systemd_analyze_verify_passes() {
         .output()
         .is_err()
     {
+        // Never a silent pass: skipping takes an explicit decision.
         assert!(
-            std::env::var_os("CI").is_none(),
-            "systemd-analyze is missing in CI; ./dev test installs it (apt-get install systemd)"
+            std::env::var_os("SWITCHYARD_SKIP_SYSTEMD_VERIFY").is_some(),
+            "systemd-analyze is not installed: `./dev test` installs it (apt-get install \
+             systemd), or set SWITCHYARD_SKIP_SYSTEMD_VERIFY=1 to skip this check"
         );
-        eprintln!("SKIPPED: systemd-analyze is not installed (./dev test installs it)");
+        eprintln!("SKIPPED on request: systemd-analyze verify");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -21,6 +21,9 @@ use subtle::ConstantTimeEq;
 use super::{Admin, AdminCommand, AdminError, ChangeOpts, Reply, DEFAULT_HISTORY_LIMIT};
 use crate::httpd::{self, Listener, Peer};
 
+/// Longest rollout step accepted.
+const MAX_ROLLOUT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Largest admin request body; anything bigger is refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
 /// A client that does not send its whole body within this is answered 408.
@@ -273,7 +276,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
     }
     let collect = Limited::new(req.into_body(), MAX_BODY).collect();
     match tokio::time::timeout(BODY_TIMEOUT, collect).await {
-        Err(_) => Err(AdminError::BadRequest(format!(
+        Err(_) => Err(AdminError::Timeout(format!(
             "the request body did not arrive within {BODY_TIMEOUT:?}"
         ))),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
@@ -414,13 +417,21 @@ fn rollout(body: &[u8]) -> Result<AdminCommand, AdminError> {
                 "rollout interval `{t}` is not a duration ({e}); write e.g. \"60s\" or \"5m\""
             ))
         })?,
-        Interval::Seconds(s) if s.is_finite() && s > 0.0 => std::time::Duration::from_secs_f64(s),
-        Interval::Seconds(s) => {
-            return Err(AdminError::BadRequest(format!(
-                "rollout interval {s} must be a positive number of seconds"
-            )))
-        }
+        Interval::Seconds(s) => std::time::Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                AdminError::BadRequest(format!(
+                    "rollout interval {s} must be a positive number of seconds"
+                ))
+            })?,
     };
+    if interval > MAX_ROLLOUT_INTERVAL {
+        return Err(AdminError::BadRequest(format!(
+            "rollout interval {interval:?} is longer than a day; use shorter steps (pause holds a \
+             step as long as you like)"
+        )));
+    }
     Ok(AdminCommand::Rollout {
         to: r.to,
         steps: r.steps,

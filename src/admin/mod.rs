@@ -110,6 +110,8 @@ pub enum AdminError {
     },
     #[error("request body is over the {limit} byte limit")]
     PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    Timeout(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("{0}")]
@@ -128,6 +130,7 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => 405,
             AdminError::Conflict { .. } => 409,
             AdminError::PayloadTooLarge { .. } => 413,
+            AdminError::Timeout(_) => 408,
             AdminError::Internal(_) => 500,
             AdminError::NotImplemented(_) => 501,
         }
@@ -142,6 +145,7 @@ impl AdminError {
             AdminError::UnknownPool { .. } => "unknown_pool",
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::PayloadTooLarge { .. } => "payload_too_large",
+            AdminError::Timeout(_) => "timeout",
             AdminError::Conflict { code, .. } => code,
             AdminError::NotImplemented(_) => "not_implemented",
             AdminError::Internal(_) => "internal",
@@ -190,6 +194,16 @@ pub struct RolloutStatus {
     pub next_step_in_s: f64,
     pub paused: bool,
     pub started: String,
+    /// Why the rollout has not moved on although the step's time is up (not enough traffic for
+    /// the guard to judge it yet).
+    pub holding: Option<String>,
+}
+
+/// The guard's view of a rollout step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StepVerdict {
+    Passed,
+    Waiting(String),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -391,8 +405,8 @@ fn rollout_running(r: &Rollout, names: &[String]) -> AdminError {
     AdminError::Conflict {
         code: "rollout_running",
         message: format!(
-            "a rollout to {} is in progress (step {} of {}, {}); pause or abort it first \
-             (`switchyard ctl abort`)",
+            "a rollout to {} is in progress (step {} of {}, {}); let it finish or abort it \
+             first (`switchyard ctl abort`)",
             names[r.to],
             r.step + 1,
             r.steps.len(),
@@ -425,10 +439,13 @@ impl Admin {
     ) -> Result<(Arc<Switchboard>, Admin), StoreError> {
         let store = StateStore::new(&config.state.dir);
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
+        // Generations keep counting from the history even when the state file is lost, so
+        // `if_generation` and the audit trail never see a number twice.
+        let last_recorded = store.last_generation();
         let initial = RouteState {
             primary: config.routing.initial_primary,
             canary_bp: 0,
-            generation: 0,
+            generation: last_recorded,
         };
         let now = Instant::now();
         let mut salt = None;
@@ -488,6 +505,30 @@ impl Admin {
                 (initial, None, state::now_rfc3339())
             }
         };
+        if state.generation > last_recorded {
+            // The process died between writing state.json and appending to history: the change
+            // is durable and live, so say so in the audit trail rather than leave a gap.
+            let entry = HistoryEntry {
+                ts: state::now_rfc3339(),
+                generation: state.generation,
+                action: "recovered".into(),
+                from: "?".into(),
+                to: state::describe(&state, &names),
+                actor: "switchyard".into(),
+                reason: Some(format!(
+                    "state.json is at generation {} but history stops at {last_recorded}: the \
+                     process stopped between the two writes; this is the state now live",
+                    state.generation
+                )),
+                result: "ok".into(),
+                forced: false,
+                trigger: None,
+                detail: None,
+            };
+            if let Err(e) = store.append_history(&entry) {
+                tracing::error!("cannot record the recovered state in history: {e}");
+            }
+        }
         let fresh_salt = salt.is_none();
         let salt = salt.unwrap_or_else(rand::random);
         if fresh_salt {
@@ -745,8 +786,14 @@ impl Admin {
         }
         let since = ledger.since.clone();
         if let Err(e) = self.save(&ledger, cur, &since) {
-            ledger.rollout = Some(before);
-            return Err(save_failed(&e));
+            if !e.committed {
+                ledger.rollout = Some(before);
+                return Err(save_failed(&e));
+            }
+            tracing::error!(
+                "rollout {} saved, but the state directory was not fsynced: {e}",
+                if pause { "pause" } else { "resume" }
+            );
         }
         let what = if pause { "paused" } else { "resumed" };
         let r = ledger.rollout.as_ref().expect("still there");
@@ -866,11 +913,27 @@ impl Admin {
 
         let since = state::now_rfc3339();
         let old_previous = ledger.previous.replace(cur);
-        if let Err(e) = self.save(ledger, new, &since) {
-            self.switchboard.store_state(cur);
-            ledger.previous = old_previous;
-            tracing::error!("{} undone: {e}", spec.action);
-            return Err(save_failed(&e));
+        let mut warnings = Vec::new();
+        match self.save(ledger, new, &since) {
+            Ok(()) => {}
+            Err(e) if e.committed => {
+                // The new state.json is in place; undoing it in memory would make a restart
+                // bring back a change the caller was told failed.
+                tracing::error!(
+                    "{} applied, but the state directory was not fsynced: {e}",
+                    spec.action
+                );
+                warnings.push(format!(
+                    "the change is applied and written, but the state directory could not be \
+                     fsynced ({e}); it may not survive a power loss"
+                ));
+            }
+            Err(e) => {
+                self.switchboard.store_state(cur);
+                ledger.previous = old_previous;
+                tracing::error!("{} undone: {e}", spec.action);
+                return Err(save_failed(&e));
+            }
         }
         ledger.since = since.clone();
         ledger.watch = self.next_watch(ledger.watch, &cur, &new, spec.action);
@@ -901,13 +964,13 @@ impl Admin {
             entry.to,
             new.generation
         );
-        let warning = self.record(entry, spec.event);
+        warnings.extend(self.record(entry, spec.event));
         Ok(Reply::Change(Change {
             status: self.status(ledger),
             previous,
             applied_us,
             changed: true,
-            warning,
+            warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
         }))
     }
 
@@ -975,7 +1038,13 @@ impl Admin {
         let Some(r) = ledger.rollout.clone() else {
             return;
         };
-        match r.due(now) {
+        let due = r.due(now);
+        if due.is_some() && self.step_verdict(&r, now) != StepVerdict::Passed {
+            // The step's time is up but the guard has not seen enough of it to call it healthy:
+            // hold, rather than move on without evidence (status says what it waits for).
+            return;
+        }
+        match due {
             None => {}
             Some(Next::Step(bp)) => {
                 let mut advanced = r.clone();
@@ -1018,6 +1087,27 @@ impl Admin {
                     tracing::warn!("rollout cannot promote yet: {e}");
                 }
             }
+        }
+    }
+
+    /// Whether the guard has judged the rollout's current step healthy, over the requests since
+    /// the step began (up to the window). With the guard off, time alone moves a rollout on.
+    fn step_verdict(&self, r: &Rollout, now: Instant) -> StepVerdict {
+        if !self.guard.enabled {
+            return StepVerdict::Passed;
+        }
+        let since_step = now.saturating_duration_since(r.step_started).as_secs() + 1;
+        let span = Duration::from_secs(since_step.min(self.guard.window.as_secs().max(1)));
+        match judge(&self.metrics.window(r.to).stats(span), &self.guard) {
+            Verdict::Healthy => StepVerdict::Passed,
+            Verdict::Waiting {
+                requests,
+                min_requests,
+            } => StepVerdict::Waiting(format!(
+                "waiting for the guard: {requests} of {min_requests} requests seen at this step"
+            )),
+            // The breach itself is acted on by the watch (which covers the canary).
+            Verdict::Breach { reason } => StepVerdict::Waiting(reason),
         }
     }
 
@@ -1194,6 +1284,10 @@ impl Admin {
             next_step_in_s: r.time_left(now).as_secs_f64(),
             paused: r.paused_left.is_some(),
             started: r.started.clone(),
+            holding: match (r.due(now), self.step_verdict(r, now)) {
+                (Some(_), StepVerdict::Waiting(why)) => Some(why),
+                _ => None,
+            },
         });
         let guard = GuardStatus {
             enabled: self.guard.enabled,

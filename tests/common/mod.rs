@@ -84,12 +84,19 @@ impl Body for Chunks {
 pub struct Knobs {
     pub healthy: std::sync::atomic::AtomicBool,
     pub fail_every: AtomicUsize,
+    /// Milliseconds to wait before answering a request (not health checks).
+    pub delay_ms: AtomicUsize,
 }
 
 impl Upstream {
     /// Makes `/healthz` pass or fail from now on.
     pub fn set_healthy(&self, healthy: bool) {
         self.knobs.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Waits `ms` before answering each request from now on.
+    pub fn delay(&self, ms: usize) {
+        self.knobs.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Answers 500 to every `n`th request from now on (0: never).
@@ -136,6 +143,7 @@ impl Upstream {
         let knobs = Arc::new(Knobs {
             healthy: std::sync::atomic::AtomicBool::new(true),
             fail_every: AtomicUsize::new(0),
+            delay_ms: AtomicUsize::new(0),
         });
         let (n, h, s, k) = (name.to_string(), hits.clone(), seen.clone(), knobs.clone());
         tokio::spawn(httpd::serve(
@@ -225,6 +233,10 @@ async fn upstream_handler(
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (verb, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let num = arg.parse::<usize>().unwrap_or(0);
+    let delay = knobs.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
     let every = knobs.fail_every.load(Ordering::SeqCst);
     if every > 0 && n.is_multiple_of(every) {
         return full(500, format!("{name} failed"));
@@ -410,10 +422,13 @@ impl Reply {
     }
 }
 
-/// A keep-alive HTTP/1.1 client connection to one address.
+/// A keep-alive HTTP/1.1 client to one address. Like a browser, it opens a new connection when
+/// the server closed the last one (`Connection: close`, e.g. after the proxy's per-connection
+/// request limit).
 pub struct Client {
     sender: hyper::client::conn::http1::SendRequest<AnyBody>,
     addr: SocketAddr,
+    closing: bool,
 }
 
 impl Client {
@@ -427,7 +442,11 @@ impl Client {
                 .await
                 .expect("http handshake");
         tokio::spawn(conn);
-        Client { sender, addr }
+        Client {
+            sender,
+            addr,
+            closing: false,
+        }
     }
 
     /// Sends `req` (its URI is a path) and reads the whole response.
@@ -437,6 +456,9 @@ impl Client {
             .headers
             .entry("host")
             .or_insert_with(|| self.addr.to_string().parse().unwrap());
+        if self.closing || self.sender.ready().await.is_err() {
+            *self = Client::connect(self.addr).await;
+        }
         self.sender.ready().await?;
         let resp = self
             .sender
@@ -444,6 +466,9 @@ impl Client {
             .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
+        self.closing = headers
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let body = resp.into_body().collect().await?.to_bytes();
         Ok(Reply {
             status,
