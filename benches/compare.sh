@@ -1,0 +1,875 @@
+#!/usr/bin/env bash
+# benches/compare.sh — switchyard under load, next to bare pingora, nginx and HAProxy, on loopback.
+#
+#   benches/compare.sh [compare]   req/s, p50/p99 and proxy CPU per request, 128 B and 16 KiB bodies
+#   benches/compare.sh flips       wrk at full speed while the colour flips every 100 ms
+#   benches/compare.sh memory      resident memory idle and with 1 000 idle keep-alive clients
+#   benches/compare.sh profile     perf profile of switchyard under load, its own symbols first
+#   benches/compare.sh all         all four, in that order
+#
+# Layout (2 cores): the proxy under test is pinned to core PROXY_CPU (0); wrk (1 thread, CONNS
+# keep-alive connections) and the one static upstream (nginx, 1 worker) share core LOAD_CPU (1).
+# On such a machine wrk's core saturates first, so req/s mostly measures the load generator: the
+# proxy's CPU time per request (user+sys from /proc/<pid>/stat over all its threads and child
+# processes, delta over the run / requests completed) is the figure that compares the proxies.
+#
+# Tables go to stdout (markdown), progress to stderr. Everything runs on 127.0.0.1 with ports
+# picked free at run time, in a mktemp directory removed on exit, and every process started here
+# is stopped on exit.
+#
+# Knobs (environment):
+#   ROUNDS (5), DURATION seconds per run (6), WARMUP seconds (2), CONNS (50),
+#   SUBJECTS ("switchyard bare-pingora nginx haproxy"), BODIES ("small large"),
+#   FLIP_DURATION (30 s of flipping, and as much without), FLIP_SEGMENTS (6 interleaved pairs),
+#   FLIP_INTERVAL_MS (100), IDLE_CONNS (1000), PROFILE_SECONDS (10), PROFILE_DIR (keep perf.data),
+#   PROXY_CPU (0), LOAD_CPU (1), SKIP_BUILD=1 (use the binaries already built), CARGO_TARGET_DIR
+#   (where they are built; default ./target), SWITCHYARD_REV (how to name the binaries' source in
+#   the report when they were not built from this tree), KEEP_WORK=1 (keep the temp dir),
+#   SWITCHYARD_ALT ("NAME=PATH ...": other switchyard builds, as subjects "switchyard:NAME").
+# Defaults: compare ~5 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~9 min for `all`.
+set -euo pipefail
+
+MODE=${1:-compare}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-6}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-50}
+SUBJECTS=${SUBJECTS:-"switchyard bare-pingora nginx haproxy"}
+BODIES=${BODIES:-"small large"}
+FLIP_DURATION=${FLIP_DURATION:-30}
+FLIP_INTERVAL_MS=${FLIP_INTERVAL_MS:-100}
+FLIP_SEGMENTS=${FLIP_SEGMENTS:-6}
+IDLE_CONNS=${IDLE_CONNS:-1000}
+PROFILE_SECONDS=${PROFILE_SECONDS:-10}
+PROFILE_DIR=${PROFILE_DIR:-}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_WORK=${KEEP_WORK:-0}
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+SWITCHYARD=$TARGET_DIR/release/switchyard
+BARE=$TARGET_DIR/release/examples/bare_pingora
+# nginx and haproxy live in /usr/sbin, which a non-login root shell may not have on PATH.
+PATH=$PATH:/usr/sbin:/sbin
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
+
+case $MODE in
+compare | flips | memory | profile | all) ;;
+-h | --help | help) sed -n '2,30p' "$0"; exit 0 ;;
+*) die "unknown mode '$MODE' (compare, flips, memory, profile or all)" ;;
+esac
+
+# --- tools -------------------------------------------------------------------------------------
+
+# Installs the Debian packages that provide the missing commands (as root), or says what to install.
+ensure_tools() {
+	local -A pkg_of=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [curl]=curl [python3]=python3
+		[taskset]=util-linux [ps]=procps [getconf]=libc-bin)
+	local missing=() cmd
+	for cmd in "${!pkg_of[@]}"; do
+		command -v "$cmd" >/dev/null || missing+=("${pkg_of[$cmd]}")
+	done
+	[[ ${#missing[@]} -eq 0 ]] && return
+	if [[ $(id -u) -ne 0 ]]; then
+		die "missing packages: ${missing[*]}; install them (apt-get install -y ${missing[*]}) or run as root"
+	fi
+	log "installing missing packages with apt-get: ${missing[*]}"
+	# The nginx and haproxy packages start their system service on install (nginx on port 80);
+	# we only want the binaries, so tell invoke-rc.d not to start anything while we install.
+	local policy=/usr/sbin/policy-rc.d added_policy=0
+	if [[ ! -e $policy ]]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added_policy=1
+	fi
+	apt-get update -qq >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2 || {
+		[[ $added_policy -eq 1 ]] && rm -f "$policy"
+		die "apt-get install failed"
+	}
+	[[ $added_policy -eq 1 ]] && rm -f "$policy"
+	return 0
+}
+
+# perf is only needed by `profile`; it is skipped (not fatal) when it cannot be had.
+ensure_perf() {
+	if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
+		return 0
+	fi
+	if [[ $(id -u) -eq 0 ]]; then
+		log "perf missing or unusable; trying apt-get install -y linux-perf"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >&2 || true
+	fi
+	command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1
+}
+
+build() {
+	if [[ $SKIP_BUILD == 1 ]]; then
+		[[ -x $SWITCHYARD && -x $BARE ]] || die "SKIP_BUILD=1 but $SWITCHYARD or $BARE is missing"
+		log "reusing $SWITCHYARD and $BARE (SKIP_BUILD=1)"
+		return
+	fi
+	# cargo is a no-op when the binaries are up to date, so this also "reuses".
+	log "building release switchyard and the bare_pingora example (CARGO_TARGET_DIR=$TARGET_DIR)"
+	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --bin switchyard \
+		--example bare_pingora >&2)
+}
+
+# --- processes ---------------------------------------------------------------------------------
+
+WORK=$(mktemp -d -t switchyard-bench.XXXXXX)
+# nginx workers run as `nobody` when started by root: they must be able to read the static files.
+chmod 755 "$WORK"
+PIDS=()
+
+# True while $1 runs (a zombie waiting to be reaped does not count).
+alive() {
+	local state
+	state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
+	[[ -n $state && $state != Z ]]
+}
+
+# Stops $1 and its children: SIGTERM to $1 (nginx's master stops its workers), then SIGKILL to
+# whatever of the tree is left after 10 s, so that no worker outlives a killed master.
+stop_pid() {
+	local pid=$1 tree i p
+	[[ -n $pid ]] || return 0
+	tree=$(tree_pids "$pid")
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	for p in $tree; do
+		alive "$p" && kill -KILL "$p" 2>/dev/null
+	done
+	wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+	if [[ $KEEP_WORK == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts "$@" pinned to core $2 in the background, output to $WORK/$1.log; its pid in LAST_PID.
+start() {
+	local name=$1 cpu=$2
+	shift 2
+	taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+	LAST_PID=$!
+	PIDS+=("$LAST_PID")
+}
+
+# Drops a pid from the list cleanup stops (it has ended, or was stopped already).
+forget() {
+	local p keep=()
+	for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+
+# Stops one process started with `start` and forgets it.
+stop() {
+	stop_pid "$1"
+	forget "$1"
+}
+
+# N distinct free loopback ports, held together while picked so none is handed out twice.
+free_ports() {
+	python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+# Waits until GET $1 answers 200 (a proxy is only "up" once its upstream answers through it).
+wait_200() {
+	local url=$1 name=$2 pid=$3 i code
+	for ((i = 0; i < 300; i++)); do
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+		[[ $code == 200 ]] && return 0
+		kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name exited during start-up"; }
+		sleep 0.1
+	done
+	cat "$WORK/$name.log" >&2
+	die "$name did not answer 200 on $url within 30 s (last status $code)"
+}
+
+# The pid and every descendant of it (nginx master + worker).
+tree_pids() {
+	ps -e -o pid=,ppid= | awk -v root="$1" '
+		{ kids[$2] = kids[$2] " " $1 }
+		END {
+			q = root; out = ""
+			while (q != "") {
+				n = split(q, a, " "); q = ""
+				for (i = 1; i <= n; i++) { out = out " " a[i]; q = q kids[a[i]] }
+			}
+			print out
+		}'
+}
+
+# user+sys clock ticks of a process tree; /proc/<pid>/stat counts every thread, live or exited.
+cpu_ticks() {
+	local total=0 p t
+	for p in $(tree_pids "$1"); do
+		# Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
+		t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || t=0
+		total=$((total + ${t:-0}))
+	done
+	echo "$total"
+}
+
+# Resident memory (VmRSS, kB) of a process tree.
+rss_kb() {
+	local total=0 p r
+	for p in $(tree_pids "$1"); do
+		r=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null) || r=0
+		total=$((total + ${r:-0}))
+	done
+	echo "$total"
+}
+
+# "busy idle" jiffies of one core, from /proc/stat (user..steal; idle includes iowait).
+core_jiffies() {
+	awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, $5 + $6 }' /proc/stat
+}
+
+# --- the upstream and the subjects -------------------------------------------------------------
+
+# Static files: `small` is 128 B and `large` 16 KiB; green's `small` differs from blue's, so a
+# flip is visible in the bodies.
+make_files() {
+	mkdir -p "$WORK/www/blue" "$WORK/www/green"
+	{ head -c 127 /dev/zero | tr '\0' b; echo; } >"$WORK/www/blue/small"
+	{ head -c 16383 /dev/zero | tr '\0' b; echo; } >"$WORK/www/blue/large"
+	{ head -c 127 /dev/zero | tr '\0' g; echo; } >"$WORK/www/green/small"
+	cp "$WORK/www/blue/large" "$WORK/www/green/large"
+	chmod -R a+rX "$WORK/www"
+}
+
+# The one static upstream: nginx, 1 worker, on core LOAD_CPU; blue on UP_BLUE, green on UP_GREEN.
+start_upstream() {
+	local d=$WORK/upstream
+	mkdir -p "$d"
+	read -r UP_BLUE UP_GREEN < <(free_ports 2)
+	cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    # Proxies keep their upstream connections; nginx's default (1 000 requests, then close)
+    # would make every subject reconnect all the time.
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {
+        listen 127.0.0.1:$UP_BLUE;
+        root $WORK/www/blue;
+        location = /healthz { return 200 "ok\n"; }
+    }
+    server {
+        listen 127.0.0.1:$UP_GREEN;
+        root $WORK/www/green;
+        location = /healthz { return 200 "ok\n"; }
+    }
+}
+EOF
+	start upstream "$LOAD_CPU" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
+	UPSTREAM_PID=$LAST_PID
+	wait_200 "http://127.0.0.1:$UP_BLUE/small" upstream "$UPSTREAM_PID"
+	wait_200 "http://127.0.0.1:$UP_GREEN/small" upstream "$UPSTREAM_PID"
+	log "upstream nginx on 127.0.0.1:$UP_BLUE (blue) and :$UP_GREEN (green), core $LOAD_CPU"
+}
+
+# Each start_<subject> sets SUBJECT_PID and SUBJECT_PORT and waits until it proxies a 200.
+
+# $1: green's upstream port (default: blue's); $2: the binary; $3: the name (dir, log).
+start_switchyard() {
+	local green_up=${1:-$UP_BLUE} bin=${2:-$SWITCHYARD} name=${3:-switchyard} port mport
+	local d=$WORK/$name
+	mkdir -p "$d"
+	read -r port mport < <(free_ports 2)
+	# One worker thread, like the others' one process/thread; health checks every second so the
+	# pools are ready within ~2 s; no access log (the others log nothing either).
+	cat >"$d/switchyard.toml" <<EOF
+[listen]
+http = ["127.0.0.1:$port"]
+[admin]
+socket = "$d/run/admin.sock"
+[metrics]
+listen = "127.0.0.1:$mport"
+[state]
+dir = "$d/state"
+[pools.blue]
+backends = ["127.0.0.1:$UP_BLUE"]
+[pools.green]
+backends = ["127.0.0.1:$green_up"]
+[health]
+interval = "1s"
+timeout = "1s"
+rise = 2
+[routing]
+initial_primary = "blue"
+[shutdown]
+grace_period = "1s"
+[server]
+threads = 1
+[log]
+access = false
+EOF
+	"$bin" check -c "$d/switchyard.toml" >&2
+	RUST_LOG=warn start "$name" "$PROXY_CPU" "$bin" serve -c "$d/switchyard.toml"
+	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
+	ADMIN_SOCKET=$d/run/admin.sock METRICS_PORT=$mport
+	wait_200 "http://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
+}
+
+start_bare_pingora() {
+	local port
+	port=$(free_ports 1)
+	start bare-pingora "$PROXY_CPU" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1
+	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
+	wait_200 "http://127.0.0.1:$port/small" bare-pingora "$SUBJECT_PID"
+}
+
+# nginx and HAProxy do the header work switchyard does on every request (X-Forwarded-For,
+# X-Forwarded-Proto, a response header naming the pool), so the comparison is like for like.
+start_nginx_proxy() {
+	local d=$WORK/nginx-proxy port
+	mkdir -p "$d"
+	port=$(free_ports 1)
+	cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    # Client connections: nginx's default of 1 000 requests each, as switchyard (pingora's
+    # keepalive_request_limit); the upstream connections below are kept for good.
+    keepalive_requests 1000;
+    keepalive_timeout 300s;
+    upstream app {
+        server 127.0.0.1:$UP_BLUE;
+        keepalive 128;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto http;
+            add_header x-switchyard-pool blue;
+        }
+    }
+}
+EOF
+	start nginx "$PROXY_CPU" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
+	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
+	wait_200 "http://127.0.0.1:$port/small" nginx "$SUBJECT_PID"
+}
+
+start_haproxy() {
+	local d=$WORK/haproxy port
+	mkdir -p "$d"
+	port=$(free_ports 1)
+	cat >"$d/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 300s
+    timeout server 30s
+    timeout http-keep-alive 300s
+    option forwardfor
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$port
+    http-request set-header X-Forwarded-Proto http
+    http-response set-header x-switchyard-pool blue
+    default_backend app
+backend app
+    server s1 127.0.0.1:$UP_BLUE
+EOF
+	start haproxy "$PROXY_CPU" haproxy -db -f "$d/haproxy.cfg"
+	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
+	wait_200 "http://127.0.0.1:$port/small" haproxy "$SUBJECT_PID"
+}
+
+# Another build of switchyard as a subject, for A/B runs: SUBJECTS="switchyard switchyard:new"
+# with SWITCHYARD_ALT="new=/path/to/switchyard".
+alt_binary() {
+	local entry
+	for entry in ${SWITCHYARD_ALT:-}; do
+		[[ ${entry%%=*} == "$1" ]] && { echo "${entry#*=}"; return; }
+	done
+	die "subject switchyard:$1 needs SWITCHYARD_ALT=\"$1=/path/to/switchyard\""
+}
+
+start_subject() {
+	case $1 in
+	switchyard) start_switchyard ;;
+	switchyard:*) start_switchyard "$UP_BLUE" "$(alt_binary "${1#switchyard:}")" "sy-${1#switchyard:}" ;;
+	bare-pingora) start_bare_pingora ;;
+	nginx) start_nginx_proxy ;;
+	haproxy) start_haproxy ;;
+	*) die "unknown subject $1" ;;
+	esac
+	log "$1 (pid $SUBJECT_PID) on 127.0.0.1:$SUBJECT_PORT, core $PROXY_CPU"
+}
+
+# --- measuring ---------------------------------------------------------------------------------
+
+# Runs wrk against $1 for $2 s (pinned to LOAD_CPU), output in $3.
+run_wrk() {
+	taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$2"s --latency "$1" >"$3" 2>&1
+}
+
+# One loaded run; prints a TSV line:
+#   rps p50_us p99_us requests errors cpu_us_per_req proxy_core_pct core0_busy_pct core1_busy_pct
+# (errors = non-2xx/3xx responses + socket errors; core busy from /proc/stat, whoever used it).
+measure() {
+	local pid=$1 url=$2 secs=$3 out=$WORK/wrk.out
+	local t0 t1 c0a c0b c1a c1b ns0 ns1
+	c0a=$(core_jiffies "$PROXY_CPU") c1a=$(core_jiffies "$LOAD_CPU")
+	t0=$(cpu_ticks "$pid") ns0=$(date +%s%N)
+	run_wrk "$url" "$secs" "$out"
+	t1=$(cpu_ticks "$pid") ns1=$(date +%s%N)
+	c0b=$(core_jiffies "$PROXY_CPU") c1b=$(core_jiffies "$LOAD_CPU")
+	awk -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v ns=$((ns1 - ns0)) \
+		-v c0="$c0a $c0b" -v c1="$c1a $c1b" '
+		function us(v) {
+			if (v ~ /us$/) return v + 0
+			if (v ~ /ms$/) return v * 1000
+			if (v ~ /s$/) return v * 1000000
+			return v
+		}
+		function busy(s,   f) { split(s, f, " "); d = (f[3] - f[1]) + (f[4] - f[2]); return d ? 100 * (f[3] - f[1]) / d : 0 }
+		/Requests\/sec:/ { rps = $2 }
+		/ requests in / { reqs = $1 }
+		/^ +50% / { p50 = us($2) }
+		/^ +99% / { p99 = us($2) }
+		/Non-2xx or 3xx responses:/ { errs += $NF }
+		/Socket errors:/ { gsub(/,/, ""); errs += $4 + $6 + $8 + $10 }
+		END {
+			if (reqs == 0) { print "wrk made no request" > "/dev/stderr"; exit 1 }
+			cpu_s = ticks / hz
+			printf "%.0f\t%.0f\t%.0f\t%d\t%d\t%.2f\t%.0f\t%.0f\t%.0f\n", rps, p50, p99, reqs, errs,
+				cpu_s * 1e6 / reqs, 100 * cpu_s / (ns / 1e9), busy(c0), busy(c1)
+		}' "$out" || { cat "$out" >&2; die "could not read wrk's output"; }
+}
+
+# The first N lines of stdin. Unlike head, it reads to the end, so the writer never gets SIGPIPE
+# (which `set -o pipefail` would turn into a failed script).
+first() { awk -v n="$1" 'NR <= n'; }
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# Column $3 of results.tsv for subject $1 and body $2.
+col() { awk -F'\t' -v s="$1" -v b="$2" -v c="$3" '$1 == s && $2 == b { print $c }' "$WORK/results.tsv"; }
+
+fmt_us() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else if (v >= 1000) printf "%.2f ms", v / 1000; else printf "%.0f µs", v }'; }
+
+machine() {
+	echo "- machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r)"
+	echo "- tools: $(nginx -v 2>&1 | sed 's/.*version: //'), $(haproxy -v | awk 'NR == 1 { print $1, $3 }'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
+	echo "- switchyard: ${SWITCHYARD_REV:-working tree $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown)}, binary $SWITCHYARD"
+	echo "- load before the run: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"
+}
+
+# --- modes -------------------------------------------------------------------------------------
+
+mode_compare() {
+	local round subject body r
+	: >"$WORK/results.tsv"
+	declare -A pid_of port_of
+	# Every subject stays up for the whole mode; only the one under load does any work, and CPU
+	# is counted per process, so the idle ones do not distort the figures.
+	for subject in $SUBJECTS; do
+		start_subject "$subject"
+		pid_of[$subject]=$SUBJECT_PID port_of[$subject]=$SUBJECT_PORT
+		# Warm up: open the upstream connections and fault in the code paths before measuring.
+		run_wrk "http://127.0.0.1:$SUBJECT_PORT/small" "$WARMUP" "$WORK/warmup.out"
+	done
+	for ((round = 1; round <= ROUNDS; round++)); do
+		for subject in $SUBJECTS; do
+			for body in $BODIES; do
+				log "round $round/$ROUNDS: $subject, $body body, ${DURATION}s"
+				r=$(measure "${pid_of[$subject]}" "http://127.0.0.1:${port_of[$subject]}/$body" "$DURATION")
+				printf '%s\t%s\t%s\t%s\n' "$subject" "$body" "$round" "$r" >>"$WORK/results.tsv"
+				log "  $(cut -f1-6 <<<"$r" | awk -F'\t' '{ printf "%s req/s, p50 %s us, p99 %s us, %s requests, %s errors, %s us CPU/req", $1, $2, $3, $4, $5, $6 }')"
+			done
+		done
+	done
+	for subject in $SUBJECTS; do stop "${pid_of[$subject]}"; done
+
+	echo "## Throughput and cost per request"
+	echo
+	machine
+	echo "- wrk -t1 -c$CONNS --latency, ${DURATION} s per run, $ROUNDS interleaved rounds; proxy on core $PROXY_CPU, wrk + upstream nginx on core $LOAD_CPU"
+	echo
+	local nginx_rps label errors
+	for body in $BODIES; do
+		[[ $body == small ]] && label="128 B body" || label="16 KiB body"
+		echo "### $label (median over $ROUNDS rounds)"
+		echo
+		echo "| subject | req/s | req/s range | vs nginx | p50 | p99 | proxy CPU µs/req | proxy core busy | wrk core busy | errors |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		nginx_rps=$(col nginx "$body" 4 | median)
+		for subject in $SUBJECTS; do
+			local rps lo hi p50 p99 cpu pct c1
+			rps=$(col "$subject" "$body" 4 | median)
+			lo=$(col "$subject" "$body" 4 | sort -g | first 1)
+			hi=$(col "$subject" "$body" 4 | sort -rg | first 1)
+			p50=$(col "$subject" "$body" 5 | median)
+			p99=$(col "$subject" "$body" 6 | median)
+			errors=$(col "$subject" "$body" 8 | awk '{ s += $1 } END { print s + 0 }')
+			cpu=$(col "$subject" "$body" 9 | median)
+			pct=$(col "$subject" "$body" 10 | median)
+			c1=$(col "$subject" "$body" 12 | median)
+			awk -v s="$subject" -v rps="$rps" -v lo="$lo" -v hi="$hi" -v n="$nginx_rps" \
+				-v p50="$(fmt_us "$p50")" -v p99="$(fmt_us "$p99")" -v cpu="$cpu" -v pct="$pct" \
+				-v c1="$c1" -v e="$errors" 'BEGIN {
+					ratio = (n > 0 && n != "-") ? sprintf("%.2f", rps / n) : "-"
+					printf "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %.1f | %.0f %% | %.0f %% | %d |\n",
+						s, rps, lo, hi, ratio, p50, p99, cpu, pct, c1, e
+				}'
+		done
+		echo
+	done
+	echo "<details><summary>every run (subject, body, round, req/s, p50 µs, p99 µs, requests, errors, CPU µs/req, proxy %, core $PROXY_CPU %, core $LOAD_CPU %)</summary>"
+	echo
+	echo '```'
+	cat "$WORK/results.tsv"
+	echo '```'
+	echo "</details>"
+	echo
+}
+
+# switchyard's requests_total by pool, summed over status classes, as "blue green 5xx".
+pool_counts() {
+	curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk '
+		/^switchyard_requests_total\{/ {
+			pool = $0; sub(/.*pool="/, "", pool); sub(/".*/, "", pool)
+			n[pool] += $NF
+			if ($0 ~ /code="5xx"/) bad += $NF
+		}
+		END { printf "%d %d %d\n", n["blue"], n["green"], bad }'
+}
+
+# Flips switchyard between blue and green every FLIP_INTERVAL_MS for $2 seconds through the admin
+# API on one keep-alive connection (a new `ctl` process per flip would cost the load core more
+# than the flips themselves). Usage: flipper.py SOCKET SECONDS INTERVAL_MS; prints
+# "flips_ok flips_failed rt_p50_ms rt_p99_ms applied_p99_us".
+write_flipper() {
+	cat >"$WORK/flipper.py" <<'PY'
+import http.client, json, socket, sys, time
+
+path, secs, interval = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]) / 1000
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self):
+        super().__init__("localhost", timeout=5)
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(path)
+
+
+conn = UnixConnection()
+ok = failed = 0
+round_trips, applied = [], []
+start = time.monotonic()
+due = start
+i = 0
+while time.monotonic() - start < secs:
+    to = "green" if i % 2 == 0 else "blue"
+    body = json.dumps({"to": to, "force": True, "reason": "compare.sh flips"})
+    t = time.monotonic()
+    try:
+        conn.request("POST", "/v1/flip", body, {"content-type": "application/json",
+                                                "x-switchyard-actor": "compare.sh"})
+        resp = conn.getresponse()
+        answer = resp.read()
+        if resp.status == 200:
+            ok += 1
+            applied.append(json.loads(answer).get("applied_us", 0))
+        else:
+            failed += 1
+            print(f"flip to {to}: {resp.status} {answer[:200]!r}", file=sys.stderr)
+    except (OSError, http.client.HTTPException) as e:
+        failed += 1
+        print(f"flip to {to}: {e}", file=sys.stderr)
+        conn.close()
+        conn = UnixConnection()
+    round_trips.append(time.monotonic() - t)
+    i += 1
+    due += interval
+    time.sleep(max(0.0, due - time.monotonic()))
+
+
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(len(v) * q))] if v else 0
+
+
+print(ok, failed, f"{pct(round_trips, 0.5) * 1000:.2f}", f"{pct(round_trips, 0.99) * 1000:.2f}",
+      pct(applied, 0.99))
+PY
+}
+
+# Waits until both pools report ready in the admin API's status.
+wait_both_ready() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		if curl -s --unix-socket "$ADMIN_SOCKET" http://localhost/v1/status |
+			python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if all(p["ready"] for p in s["pools"].values()) else 1)' 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	die "switchyard's pools did not both become ready"
+}
+
+mode_flips() {
+	write_flipper
+	start_switchyard "$UP_GREEN"
+	wait_both_ready
+	log "switchyard (pid $SUBJECT_PID) on 127.0.0.1:$SUBJECT_PORT; blue -> :$UP_BLUE, green -> :$UP_GREEN"
+	run_wrk "http://127.0.0.1:$SUBJECT_PORT/small" "$WARMUP" "$WORK/warmup.out"
+	local url="http://127.0.0.1:$SUBJECT_PORT/small" seg before after flips fpid r pair kind
+	seg=$((FLIP_DURATION / FLIP_SEGMENTS))
+	((seg >= 1)) || die "FLIP_DURATION / FLIP_SEGMENTS must be at least 1 s"
+	: >"$WORK/flips.tsv"
+	# FLIP_DURATION of flipping and as much without, cut into segments and interleaved A B B A
+	# A B ..., so that a drift of the shared machine (someone's compile starting) hits both kinds
+	# alike instead of looking like a dip or a gain.
+	for ((pair = 1; pair <= FLIP_SEGMENTS; pair++)); do
+		local order="no-flips flips"
+		((pair % 2 == 0)) && order="flips no-flips"
+		for kind in $order; do
+			before=$(pool_counts)
+			if [[ $kind == flips ]]; then
+				log "segment $pair/$FLIP_SEGMENTS: flipping every ${FLIP_INTERVAL_MS} ms for ${seg}s under full load"
+				# The flipper shares the load core with wrk: the proxy core stays the proxy's alone.
+				taskset -c "$LOAD_CPU" python3 "$WORK/flipper.py" "$ADMIN_SOCKET" "$seg" \
+					"$FLIP_INTERVAL_MS" >"$WORK/flipper.out" 2>>"$WORK/flipper.err" &
+				fpid=$!
+				PIDS+=("$fpid")
+			else
+				log "segment $pair/$FLIP_SEGMENTS: ${seg}s of full load, no flips"
+			fi
+			r=$(measure "$SUBJECT_PID" "$url" "$seg")
+			flips="- - - - -"
+			if [[ $kind == flips ]]; then
+				wait "$fpid" || die "the flipper failed: $(cat "$WORK/flipper.err")"
+				forget "$fpid"
+				flips=$(cat "$WORK/flipper.out")
+			fi
+			after=$(pool_counts)
+			printf '%s\t%s\t%s\t%s\t%s\n' "$kind" "$pair" "$r" "$flips" \
+				"$(paste -d' ' <(echo "$before") <(echo "$after"))" >>"$WORK/flips.tsv"
+		done
+	done
+	stop "$SUBJECT_PID"
+
+	echo "## Flips under full load"
+	echo
+	machine
+	echo "- switchyard, 1 worker thread, core $PROXY_CPU; wrk -t1 -c$CONNS on core $LOAD_CPU, 128 B body; blue and green are two nginx server blocks answering different bodies"
+	echo "- ${FLIP_DURATION} s of load with flips and ${FLIP_DURATION} s without, in $FLIP_SEGMENTS interleaved pairs of ${seg} s segments (no-flips first, then flips first, ...)"
+	echo "- flips: POST /v1/flip {\"to\": blue|green, \"force\": true} every ${FLIP_INTERVAL_MS} ms on one keep-alive admin-socket connection (state.json + history fsynced on every flip)"
+	echo
+	echo "| segment | req/s | p50 | p99 | requests | failed (non-2xx + socket errors) | proxy CPU µs/req | flips done / failed | flip round trip p50 / p99 | served by blue / green | 5xx (switchyard metrics) |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	# Columns: kind pair | rps p50 p99 requests errors cpu pct core0 core1 | flips | counts.
+	awk -F'\t' -v seg="$seg" '
+		function f(v) { return v >= 1000 ? sprintf("%.2f ms", v / 1000) : sprintf("%.0f µs", v) }
+		{
+			split($12, fl, " "); split($13, pc, " ")
+			flips = fl[1] == "-" ? "-" : fl[1] " / " fl[2]
+			rt = fl[1] == "-" ? "-" : fl[3] " / " fl[4] " ms"
+			printf "| %d: %s | %d | %s | %s | %d | %d | %.1f | %s | %s | %d / %d | %d |\n",
+				$2, $1, $3, f($4), f($5), $6, $7, $8, flips, rt, pc[4] - pc[1], pc[5] - pc[2], pc[6] - pc[3]
+			reqs[$1] += $6; failed[$1] += $7; secs[$1] += seg; bad5[$1] += pc[6] - pc[3]
+			if ($1 == "flips") { flipped += fl[1]; flip_failed += fl[2] }
+			reqs_of[$2, $1] = $6; pairs = $2
+		}
+		END {
+			for (k = 0; k < 2; k++) {
+				kind = k ? "flips" : "no-flips"
+				printf "| **all %s** | %.0f | | | %d | %d | | %s | | | %d |\n", kind, reqs[kind] / secs[kind],
+					reqs[kind], failed[kind], k ? flipped " / " flip_failed : "-", bad5[kind]
+			}
+			lo = 1e9; hi = -1e9
+			for (p = 1; p <= pairs; p++) {
+				d = 100 * (1 - reqs_of[p, "flips"] / reqs_of[p, "no-flips"])
+				if (d < lo) lo = d
+				if (d > hi) hi = d
+			}
+			printf "\nThroughput dip while flipping: %.1f %% (requests completed with flips vs without, over %d s each; per pair of segments: %.1f %% to %.1f %%).\n",
+				100 * (1 - reqs["flips"] / reqs["no-flips"]), secs["flips"], lo, hi
+			printf "Failed requests while flipping: %d (must be 0); flips done: %d, failed: %d.\n",
+				failed["flips"], flipped, flip_failed
+		}' "$WORK/flips.tsv"
+	if [[ -s $WORK/flipper.err ]]; then
+		echo
+		echo "Flipper errors:"
+		echo '```'
+		first 20 <"$WORK/flipper.err"
+		echo '```'
+	fi
+	echo
+}
+
+mode_memory() {
+	local need=$((IDLE_CONNS * 3 + 256)) subject idle held after ipid
+	# Each held client costs the proxy one descriptor (its upstream connections are pooled) and
+	# idle_conns.py one; raise the soft limit here, so that every process started below inherits it.
+	if [[ $(ulimit -n) -lt $need ]]; then
+		ulimit -n "$need" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+		[[ $(ulimit -n) -ge $((IDLE_CONNS + 256)) ]] ||
+			die "ulimit -n is $(ulimit -n); $IDLE_CONNS idle connections need about $((IDLE_CONNS + 256))"
+	fi
+	: >"$WORK/memory.tsv"
+	for subject in $SUBJECTS; do
+		start_subject "$subject"
+		sleep 1
+		idle=$(rss_kb "$SUBJECT_PID")
+		taskset -c "$LOAD_CPU" python3 "$REPO/benches/idle_conns.py" 127.0.0.1 "$SUBJECT_PORT" \
+			"$IDLE_CONNS" /small >"$WORK/idle.out" 2>"$WORK/idle.err" &
+		ipid=$!
+		PIDS+=("$ipid")
+		local i
+		for ((i = 0; i < 600; i++)); do
+			grep -q '^ready' "$WORK/idle.out" && break
+			kill -0 "$ipid" 2>/dev/null || die "idle_conns.py failed against $subject: $(cat "$WORK/idle.err")"
+			sleep 0.1
+		done
+		grep -q '^ready' "$WORK/idle.out" || die "idle_conns.py did not open $IDLE_CONNS connections in 60 s"
+		sleep 1
+		held=$(rss_kb "$SUBJECT_PID")
+		kill -TERM "$ipid"
+		wait "$ipid" || die "$subject closed some of the idle connections: $(cat "$WORK/idle.err")"
+		forget "$ipid"
+		sleep 2
+		after=$(rss_kb "$SUBJECT_PID")
+		printf '%s\t%s\t%s\t%s\t%s\n' "$subject" "$idle" "$held" "$after" \
+			"$(tree_pids "$SUBJECT_PID" | wc -w)" >>"$WORK/memory.tsv"
+		log "$subject: idle $idle kB, with $IDLE_CONNS idle connections $held kB, after closing $after kB"
+		stop "$SUBJECT_PID"
+	done
+
+	echo "## Resident memory"
+	echo
+	machine
+	echo "- VmRSS from /proc/<pid>/status summed over the process tree (nginx: master + worker); 1 worker thread / process each"
+	echo "- idle: ready, after one health-check/readiness request; held: $IDLE_CONNS client connections each made one keep-alive GET /small (128 B) and stay open (benches/idle_conns.py); after: 2 s after they closed"
+	echo
+	echo "| subject | processes | idle | with $IDLE_CONNS idle conns | per idle conn | after closing |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	awk -F'\t' -v n="$IDLE_CONNS" '{
+		printf "| %s | %d | %.1f MiB | %.1f MiB | %.1f KiB | %.1f MiB |\n", $1, $5, $2 / 1024, $3 / 1024, ($3 - $2) / n, $4 / 1024
+	}' "$WORK/memory.tsv"
+	echo
+}
+
+mode_profile() {
+	if ! ensure_perf; then
+		log "perf is not available; skipping the profile"
+		echo "## Profile"
+		echo
+		echo "(skipped: perf is not available)"
+		return 0
+	fi
+	start_switchyard
+	local dir=${PROFILE_DIR:-$WORK/profile} wpid
+	mkdir -p "$dir"
+	log "profiling switchyard (pid $SUBJECT_PID) for ${PROFILE_SECONDS}s under wrk -c$CONNS, 128 B body"
+	taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d$((PROFILE_SECONDS + 4))s "http://127.0.0.1:$SUBJECT_PORT/small" \
+		>"$WORK/wrk-profile.out" 2>&1 &
+	wpid=$!
+	PIDS+=("$wpid")
+	sleep 1
+	# DWARF call graphs: the release build has debug line info but no frame pointers. perf runs
+	# on the load core so that it does not take cycles from the proxy it measures.
+	taskset -c "$LOAD_CPU" perf record -q -F 999 --call-graph dwarf,16384 -p "$SUBJECT_PID" \
+		-o "$dir/perf.data" -- sleep "$PROFILE_SECONDS" >&2 2>&1
+	wait "$wpid" || true
+	forget "$wpid"
+	stop "$SUBJECT_PID"
+	log "perf data in $dir/perf.data; reporting"
+
+	echo "## Profile: switchyard under load"
+	echo
+	echo "- perf record -F 999 --call-graph dwarf -p <switchyard> for ${PROFILE_SECONDS} s, wrk -t1 -c$CONNS /small"
+	echo
+	# perf pads its columns; `strip` drops the padding and the empty srcline columns.
+	local report="perf report -i $dir/perf.data --stdio -g none --percent-limit 0.05"
+	echo "### Where the time goes, by binary (self time)"
+	echo
+	echo '```'
+	$report --no-children --sort dso 2>/dev/null | strip | first 8
+	echo '```'
+	echo
+	echo "### Top 30 symbols (self time)"
+	echo
+	echo '```'
+	$report --no-children --sort symbol 2>/dev/null | strip | first 30
+	echo '```'
+	echo
+	echo "### switchyard's own symbols"
+	echo
+	echo "Self time, then inclusive time (children; one symbol can appear more than once, once per"
+	echo "inlining context):"
+	echo
+	echo '```'
+	$report --no-children --sort symbol 2>/dev/null | strip | grep -E 'switchyard::' | first 20
+	echo '---- inclusive ----'
+	$report --children --sort symbol 2>/dev/null | strip | grep -E 'switchyard::' | first 30
+	echo '```'
+	echo
+}
+
+# Drops perf's comment lines, blank lines and column padding.
+strip() { grep -v -e '^#' -e '^$' | sed -E -e 's/([[:space:]]+-)+[[:space:]]*$//' -e 's/[[:space:]]+$//'; }
+
+# --- main --------------------------------------------------------------------------------------
+
+ensure_tools
+build
+make_files
+start_upstream
+case $MODE in
+compare) mode_compare ;;
+flips) mode_flips ;;
+memory) mode_memory ;;
+profile) mode_profile ;;
+all) mode_compare; mode_flips; mode_memory; mode_profile ;;
+esac
+log "done"
