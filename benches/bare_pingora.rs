@@ -9,6 +9,10 @@ use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 use std::time::Duration;
 
+/// The same allocator as switchyard's binary, so the comparison isolates switchyard's own code.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Bare(std::net::SocketAddr);
 
 #[async_trait]

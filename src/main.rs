@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: pingora allocates per request (boxed futures, header maps),
+/// and the load comparison measured about 15 % less CPU per request with it (benches/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     switchyard::cli::run(switchyard::cli::Cli::parse())
 }

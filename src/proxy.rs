@@ -21,6 +21,11 @@ use crate::routing::{other, PoolId, RoutingTable, Switchboard};
 
 /// Response header naming the pool that served the request; request header for preview routing.
 pub const POOL_HEADER: &str = "x-switchyard-pool";
+/// Header names as values, so pingora does not parse the name again on every request.
+static POOL_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(POOL_HEADER);
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
 /// Request header carrying the preview token.
 pub const PREVIEW_TOKEN_HEADER: &str = "x-switchyard-preview-token";
 
@@ -423,9 +428,13 @@ impl ProxyHttp for Proxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Routing headers are ours, never the application's: strip them so a preview token cannot
-        // leak to a backend (or its logs).
-        upstream_request.remove_header(POOL_HEADER);
-        upstream_request.remove_header(PREVIEW_TOKEN_HEADER);
+        // leak to a backend (or its logs). (Checked first: removal rebuilds pingora's header
+        // case map even when there is nothing to remove.)
+        for name in [POOL_HEADER, PREVIEW_TOKEN_HEADER] {
+            if upstream_request.headers.contains_key(name) {
+                upstream_request.remove_header(name);
+            }
+        }
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -441,10 +450,10 @@ impl ProxyHttp for Proxy {
             let _ = write!(v, "{ip}");
             let xff = HeaderValue::from_bytes(&v).ok();
             if let Some(xff) = xff {
-                upstream_request.insert_header("x-forwarded-for", xff)?;
+                upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
             }
         }
-        upstream_request.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
+        upstream_request.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
         Ok(())
     }
 
@@ -456,8 +465,10 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if self.settings.response_header {
             if let Some(route) = &ctx.route {
-                upstream_response
-                    .insert_header(POOL_HEADER, self.pool_header_values[route.pool].clone())?;
+                upstream_response.insert_header(
+                    POOL_HEADER_NAME.clone(),
+                    self.pool_header_values[route.pool].clone(),
+                )?;
             }
         }
         if let Some(uid) = ctx.set_cookie.take() {
