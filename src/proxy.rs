@@ -453,7 +453,8 @@ impl ProxyHttp for Proxy {
                 upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
             }
         }
-        upstream_request.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+        upstream_request
+            .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
         Ok(())
     }
 
