@@ -1,5 +1,5 @@
 //! End-to-end flip latency, fsync included: 1 000 flips through the admin API (a new connection
-//! each, as `ctl` does), then 200 runs of the real `switchyard ctl flip` process.
+//! each, as `ctl` does), then 1 000 runs of the real `switchyard ctl flip` process.
 //!
 //! Run: `cargo bench --bench flip_latency` (build the release binary first, for the `ctl` half:
 //! `cargo build --release`). Prints median and p99 for each.
@@ -14,7 +14,7 @@ use switchyard::config::Config;
 use switchyard::server::{RunMode, ShutdownTrigger, Switchyard};
 
 const API_FLIPS: usize = 1_000;
-const CTL_FLIPS: usize = 200;
+const CTL_FLIPS: usize = 1_000;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -101,7 +101,11 @@ fn main() {
         summary("admin API flip, applied_us (to the swap)", applied);
     });
 
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/switchyard");
+    // The release binary, from CARGO_TARGET_DIR when set (as `cargo bench` sees it).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let bin = target.join("release/switchyard");
     if bin.exists() {
         let mut runs = Vec::with_capacity(CTL_FLIPS);
         for i in 0..CTL_FLIPS {
