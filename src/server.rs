@@ -179,8 +179,10 @@ impl Switchyard {
             app.server_options = Some(options);
         }
         for addr in &config.listen {
-            let listener = ListenerConfig::tcp(addr.to_string())
-                .l4_buffer(L4BufferSettings::new(CLIENT_READ_BUFFER, CLIENT_WRITE_BUFFER));
+            let listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(
+                CLIENT_READ_BUFFER,
+                CLIENT_WRITE_BUFFER,
+            ));
             proxy_service.endpoints().add_listener(listener);
         }
         server.add_service(proxy_service);
