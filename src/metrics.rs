@@ -285,12 +285,6 @@ impl Metrics {
         self.rollbacks.with_label_values(&[trigger]).inc();
     }
 
-    pub fn record_reload(&self, ok: bool) {
-        self.config_reloads
-            .with_label_values(&[if ok { "ok" } else { "error" }])
-            .inc();
-    }
-
     /// Requests `pool` has answered since start.
     pub fn served(&self, pool: PoolId) -> u64 {
         self.pools[pool].requests.iter().map(|c| c.get()).sum()

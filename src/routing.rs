@@ -168,11 +168,6 @@ impl Switchboard {
         let t = self.table.load();
         [t.pools[0].name.clone(), t.pools[1].name.clone()]
     }
-
-    /// The index of the pool called `name`.
-    pub fn pool_id(&self, name: &str) -> Option<PoolId> {
-        self.table.load().pools.iter().position(|p| p.name == name)
-    }
 }
 
 #[cfg(test)]
