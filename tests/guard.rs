@@ -14,6 +14,23 @@ use serde_json::{json, Value};
 const GUARD: &str = "[guard]\nwindow = \"3s\"\nmin_requests = 50\nmax_error_ratio = 0.05\n\
                      watch_after_flip = \"30s\"\n";
 
+/// Two pools, a per-request split (`sticky = "none"`) and the test guard judging from
+/// `min_requests`, plus `extra` TOML for `[guard]`.
+async fn guarded(min_requests: u64, extra: &str) -> (Upstream, Upstream, Proxy) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[routing]\nsticky = \"none\"\n{}{extra}",
+        pools_toml(&[blue.addr], &[green.addr]),
+        GUARD.replace(
+            "min_requests = 50",
+            &format!("min_requests = {min_requests}")
+        )
+    );
+    let proxy = Proxy::start(&toml).await;
+    (blue, green, proxy)
+}
+
 /// Keeps requests flowing through the proxy until dropped; counts them.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -187,14 +204,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_walks_its_steps_and_promotes() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"none\"\n{}",
-        pools_toml(&[blue.addr], &[green.addr]),
-        GUARD.replace("min_requests = 50", "min_requests = 5")
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, _green, proxy) = guarded(5, "").await;
     let load = Load::start(proxy.addr);
     let (s, a) = post(
         &proxy,
@@ -252,14 +262,7 @@ async fn a_rollout_walks_its_steps_and_promotes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_breach_at_step_3_rolls_back_and_stops_the_rollout() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"none\"\n{}",
-        pools_toml(&[blue.addr], &[green.addr]),
-        GUARD.replace("min_requests = 50", "min_requests = 20")
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, green, proxy) = guarded(20, "").await;
     let (s, _) = post(
         &proxy,
         "/v1/rollout",
@@ -300,14 +303,7 @@ async fn a_breach_at_step_3_rolls_back_and_stops_the_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_the_step_and_abort_returns_to_zero() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"none\"\n{}",
-        pools_toml(&[blue.addr], &[green.addr]),
-        GUARD.replace("min_requests = 50", "min_requests = 5")
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, _green, proxy) = guarded(5, "").await;
     let (s, _) = post(
         &proxy,
         "/v1/rollout",
@@ -413,14 +409,7 @@ async fn a_bad_webhook_never_delays_a_change_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_without_traffic_holds_its_step() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"none\"\n{}",
-        pools_toml(&[blue.addr], &[green.addr]),
-        GUARD.replace("min_requests = 50", "min_requests = 10")
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, _green, proxy) = guarded(10, "").await;
     let (s, _) = post(
         &proxy,
         "/v1/rollout",
