@@ -143,6 +143,11 @@ impl BackgroundService for Banner {
 /// What `demo` prints once it is up.
 pub fn banner(listen: &str, socket: &Path, pools: &[(String, Vec<SocketAddr>)]) -> String {
     let (a, b) = (&pools[0].0, &pools[1].0);
+    // The commands name this very binary, so they work before it is installed on the PATH.
+    let bin = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "switchyard".into());
+    let ctl = format!("{bin} ctl --socket {}", socket.display());
     let sock = socket.display();
     format!(
         "\nswitchyard demo is running.\n\
@@ -150,12 +155,13 @@ pub fn banner(listen: &str, socket: &Path, pools: &[(String, Vec<SocketAddr>)]) 
          \n  admin     {sock}\
          \n\nTry, in another terminal:\n\
          \n  curl {listen}/                                    # answers {a}\
-         \n  switchyard ctl --socket {sock} status\
-         \n  switchyard ctl --socket {sock} flip {b} --reason 'try the flip'\
+         \n  {ctl} status\
+         \n  {ctl} flip {b} --reason 'try the flip'\
          \n  curl {listen}/                                    # answers {b}\
-         \n  switchyard ctl --socket {sock} rollback\
-         \n  switchyard ctl --socket {sock} canary {b} 10\
-         \n  switchyard ctl --socket {sock} history\
+         \n  {ctl} rollback\
+         \n  {ctl} canary {b} 10\
+         \n  {ctl} watch\
+         \n  {ctl} history\
          \n\nCtrl-C stops everything.\n"
     )
 }
