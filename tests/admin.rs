@@ -9,13 +9,6 @@ use std::sync::Arc;
 use common::*;
 use serde_json::{json, Value};
 
-async fn two_pools() -> (Upstream, Upstream, Proxy) {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
-    (blue, green, proxy)
-}
-
 fn colour(flips: u64) -> &'static str {
     if flips.is_multiple_of(2) {
         "blue"

@@ -269,9 +269,7 @@ async fn preview_reaches_the_idle_pool_only_with_a_valid_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preview_cookies_need_preview_configured() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (_blue, _green, proxy) = two_pools().await;
     let (s, a) = admin(
         &proxy.socket(),
         "POST",

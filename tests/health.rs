@@ -89,9 +89,7 @@ async fn a_fresh_pool_takes_no_traffic_before_its_checks_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_gate_refuses_a_pool_with_no_healthy_backend_unless_forced() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (_blue, green, proxy) = two_pools().await;
     green.set_healthy(false);
     wait_pool_down(&proxy, 1).await;
     let before = proxy.switchboard.state();
@@ -169,9 +167,7 @@ async fn a_dead_canary_pool_fails_over_to_the_primary_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_mix_exactly() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (blue, _green, proxy) = two_pools().await;
     let mut client = Client::connect(proxy.addr).await;
     for _ in 0..30 {
         assert_eq!(client.get("/").await.unwrap().status, 200);

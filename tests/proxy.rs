@@ -11,9 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reach_the_primary_pool() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (blue, green, proxy) = two_pools().await;
 
     let mut client = Client::connect(proxy.addr).await;
     for _ in 0..20 {
@@ -61,9 +59,7 @@ async fn round_robin_spreads_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_pass_byte_exact() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (blue, _green, proxy) = two_pools().await;
     let mut client = Client::connect(proxy.addr).await;
 
     // Request bodies: empty, 1 MiB with a length, 1 MiB chunked.
@@ -111,9 +107,7 @@ async fn bodies_pass_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_added_and_routing_headers_stripped() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (blue, _green, proxy) = two_pools().await;
     let mut client = Client::connect(proxy.addr).await;
 
     let mut req = request("GET", "/", Bytes::new());
@@ -225,9 +219,7 @@ async fn a_refused_connection_is_retried_on_another_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_upgrades_pass_through() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (_blue, _green, proxy) = two_pools().await;
 
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(
@@ -267,9 +259,7 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_and_huge_headers_never_reach_a_backend() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let (blue, _green, proxy) = two_pools().await;
     let smuggle = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
                     0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let cases: Vec<(Vec<u8>, &str)> = vec![

@@ -676,3 +676,11 @@ impl Hook {
         self.bodies.lock().unwrap().clone()
     }
 }
+
+/// A `blue` and a `green` upstream, one backend each, and a proxy in front of them, ready.
+pub async fn two_pools() -> (Upstream, Upstream, Proxy) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    (blue, green, proxy)
+}
