@@ -4,7 +4,9 @@
 //!   non-I/O part of `request_filter` as the proxy does it (an owned `load_full()`, the pool choice,
 //!   the healthy-backend check and the in-flight count);
 //! - the backend choice: `Pool::select` round-robin, with and without unhealthy backends;
-//! - metric recording: `Metrics::record_request` (two counters, a histogram, the sliding window).
+//! - metric recording: `Metrics::record_request` (two counters, a histogram, the sliding window);
+//! - the header edits (`forwarding`) and the framing check on a request from wrk and from a
+//!   browser, and the pool header on nginx's response.
 //!
 //! The contended variants run one other thread doing the same thing, as a second proxy worker
 //! would: they show what sharing a cache line costs (the `ArcSwap` reference count, the round-robin
@@ -19,11 +21,21 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
 use switchyard::config::Config;
+use switchyard::forwarding;
 use switchyard::metrics::Metrics;
 use switchyard::pools::Pool;
+use switchyard::proxy::framing_error;
 use switchyard::routing::{other, RouteState, Switchboard, BUCKETS};
 use switchyard::server::{RunMode, Switchyard};
+
+/// The binary's allocator: the header edits allocate, and what an allocation costs is part of
+/// what is measured.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Two pools of four backends each, health checks on (as in production); nothing listens.
 const POOLS: &str = r#"
@@ -243,12 +255,102 @@ fn bench_metrics(c: &mut Criterion) {
     g.finish();
 }
 
+/// A request as pingora hands it over: parsed from the wire (header case kept), here with the
+/// one header wrk sends or the dozen a browser sends.
+fn request(headers: &[(&str, &str)]) -> RequestHeader {
+    let mut r = RequestHeader::build("GET", b"/small", Some(headers.len())).expect("request");
+    for (k, v) in headers {
+        r.append_header(k.to_string(), *v).expect("header");
+    }
+    r
+}
+
+const WRK: &[(&str, &str)] = &[("Host", "127.0.0.1:8080")];
+const BROWSER: &[(&str, &str)] = &[
+    ("Host", "shop.example.com"),
+    (
+        "User-Agent",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
+    ),
+    (
+        "Accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    ),
+    ("Accept-Language", "en-GB,en;q=0.5"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Connection", "keep-alive"),
+    (
+        "Cookie",
+        "sy_uid=0123456789abcdef0123456789abcdef; theme=dark",
+    ),
+    ("Upgrade-Insecure-Requests", "1"),
+    ("Sec-Fetch-Dest", "document"),
+    ("Sec-Fetch-Mode", "navigate"),
+    ("Sec-Fetch-Site", "none"),
+    ("Priority", "u=0, i"),
+];
+
+/// nginx's answer to a static file.
+fn response() -> ResponseHeader {
+    let mut r = ResponseHeader::build(200, Some(8)).expect("response");
+    for (k, v) in [
+        ("Server", "nginx/1.22.1"),
+        ("Date", "Fri, 27 Nov 2026 11:00:00 GMT"),
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Length", "128"),
+        ("Last-Modified", "Fri, 27 Nov 2026 10:00:00 GMT"),
+        ("Connection", "keep-alive"),
+        ("ETag", "\"6566f2a0-80\""),
+        ("Accept-Ranges", "bytes"),
+    ] {
+        r.append_header(k, v).expect("header");
+    }
+    r
+}
+
+/// The header edits on every request (see `switchyard::forwarding`), each on a fresh clone as
+/// pingora makes one for the upstream request; "clone only" is that clone alone, so the edits'
+/// own cost is the difference.
+fn bench_forwarding(c: &mut Criterion) {
+    let mut g = c.benchmark_group("forwarding");
+    let client = Some(IpAddr::from([192, 0, 2, 17]));
+    for (name, headers) in [("wrk", WRK), ("browser", BROWSER)] {
+        let req = request(headers);
+        g.bench_function(format!("request from {name}: clone only"), |b| {
+            b.iter(|| black_box(req.clone()))
+        });
+        g.bench_function(format!("request from {name}: clone + edits"), |b| {
+            b.iter(|| {
+                let mut r = req.clone();
+                forwarding::upstream_request(&mut r, black_box(client)).expect("edits");
+                r
+            })
+        });
+        g.bench_function(format!("request from {name}: framing check"), |b| {
+            b.iter(|| framing_error(black_box(&req)))
+        });
+    }
+    let resp = response();
+    let pool = HeaderValue::from_static("blue");
+    g.bench_function("response: clone only", |b| {
+        b.iter(|| black_box(resp.clone()))
+    });
+    g.bench_function("response: clone + pool header", |b| {
+        b.iter(|| {
+            let mut r = resp.clone();
+            forwarding::mark_response(&mut r, black_box(&pool)).expect("edit");
+            r
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short runs: these are nanosecond figures, and the machine is a shared 2-core one.
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_routing, bench_select, bench_metrics
+    targets = bench_routing, bench_select, bench_metrics, bench_forwarding
 }
 criterion_main!(benches);

@@ -15,16 +15,13 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Config, Sticky, UpstreamConfig, MAX_BP};
+use crate::forwarding;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::preview::{self, PreviewKey, PREVIEW_COOKIE};
 use crate::routing::{other, PoolId, RoutingTable, Switchboard};
 
 /// Response header naming the pool that served the request; request header for preview routing.
 pub const POOL_HEADER: &str = "x-switchyard-pool";
-/// Header names as values, so pingora does not parse the name again on every request.
-static POOL_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(POOL_HEADER);
-static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 
 /// Request header carrying the preview token.
 pub const PREVIEW_TOKEN_HEADER: &str = "x-switchyard-preview-token";
@@ -427,35 +424,11 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Routing headers are ours, never the application's: strip them so a preview token cannot
-        // leak to a backend (or its logs). (Checked first: removal rebuilds pingora's header
-        // case map even when there is nothing to remove.)
-        for name in [POOL_HEADER, PREVIEW_TOKEN_HEADER] {
-            if upstream_request.headers.contains_key(name) {
-                upstream_request.remove_header(name);
-            }
-        }
-        if let Some(ip) = session
+        let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            // Every earlier hop, from however many header lines, then this client.
-            let mut v = Vec::with_capacity(64);
-            for prev in upstream_request.headers.get_all("x-forwarded-for") {
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-            }
-            use std::io::Write;
-            let _ = write!(v, "{ip}");
-            let xff = HeaderValue::from_bytes(&v).ok();
-            if let Some(xff) = xff {
-                upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
-            }
-        }
-        upstream_request
-            .insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
-        Ok(())
+            .map(|a| a.ip());
+        forwarding::upstream_request(upstream_request, client)
     }
 
     async fn response_filter(
@@ -466,10 +439,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if self.settings.response_header {
             if let Some(route) = &ctx.route {
-                upstream_response.insert_header(
-                    POOL_HEADER_NAME.clone(),
-                    self.pool_header_values[route.pool].clone(),
-                )?;
+                forwarding::mark_response(upstream_response, &self.pool_header_values[route.pool])?;
             }
         }
         if let Some(uid) = ctx.set_cookie.take() {
