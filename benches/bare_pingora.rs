@@ -2,7 +2,10 @@
 //! comparison (`benches/compare.sh`) runs it next to switchyard, so switchyard's own overhead over
 //! pingora is visible.
 //!
-//! Usage: `bare_pingora LISTEN UPSTREAM [THREADS]`, e.g. `bare_pingora 127.0.0.1:6188 127.0.0.1:8000 1`.
+//! Usage: `bare_pingora LISTEN UPSTREAM [THREADS] [tuned]`, e.g. `bare_pingora 127.0.0.1:6188
+//! 127.0.0.1:8000 1`. With `tuned`, it runs with the two `ServerConf` settings switchyard chooses
+//! (no work stealing for one thread, timeouts on tokio's timer), so the comparison can show
+//! switchyard's own code apart from the settings.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -32,15 +35,19 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (listen, upstream) = match (args.get(1), args.get(2)) {
         (Some(l), Some(u)) => (l.clone(), u.parse().expect("UPSTREAM is IP:port")),
-        _ => panic!("usage: bare_pingora LISTEN UPSTREAM [THREADS]"),
+        _ => panic!("usage: bare_pingora LISTEN UPSTREAM [THREADS] [tuned]"),
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
-    let conf = ServerConf {
+    let mut conf = ServerConf {
         threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
     };
+    if args.get(4).map(String::as_str) == Some("tuned") {
+        conf.work_stealing = threads > 1;
+        conf.fast_timeout_to_tokio_threshold_seconds = Some(0);
+    }
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut svc = http_proxy_service(&server.configuration, Bare(upstream));
