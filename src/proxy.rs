@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Config, Sticky, UpstreamConfig, MAX_BP};
@@ -447,6 +448,35 @@ impl ProxyHttp for Proxy {
             upstream_response.append_header("set-cookie", cookie)?;
         }
         Ok(())
+    }
+
+    /// pingora's answer to a failed request, except that a backend which did not answer in time
+    /// gets 504 Gateway Timeout (as from nginx) rather than 502: the two say different things to
+    /// whoever reads the logs.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match (e.etype(), e.esource()) {
+            (HTTPStatus(code), _) => *code,
+            (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            // The client is gone: nobody to answer.
+            (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+        };
+        if code > 0 {
+            if let Err(e) = session.respond_error(code).await {
+                tracing::debug!("could not send the error response: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

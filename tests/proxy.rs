@@ -192,11 +192,50 @@ async fn an_unresponsive_backend_times_out_at_the_connect_timeout() {
     let start = Instant::now();
     let r = get(proxy.addr, "/").await;
     let took = start.elapsed();
-    assert_eq!(r.status, 502, "answered {}", r.status);
+    assert_eq!(
+        r.status, 504,
+        "a backend that never accepted is a gateway timeout"
+    );
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_secs(2),
         "took {took:?}; the connect timeout is 300ms"
     );
+}
+
+/// A backend that accepts the request and then says nothing gets `read_timeout` and no more: 504,
+/// counted as a timeout of its pool; the connection is not reused, and the next request, to a
+/// backend that answers, is served. One worker thread, as `threads = 1` runs pingora without work
+/// stealing; every other test runs with one worker per core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_times_out_at_the_read_timeout() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[upstream]\nread_timeout = \"1s\"\n[server]\nthreads = 1\n",
+        pools_toml(&[blue.addr], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    let start = Instant::now();
+    let r = get(proxy.addr, "/slow/5000").await;
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "answered {} after {took:?}", r.status);
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "took {took:?}; the read timeout is 1s"
+    );
+    let m = scrape(&proxy).await;
+    let errors = |kind| {
+        sample(
+            &m,
+            "switchyard_upstream_errors_total",
+            &[("pool", "blue"), ("kind", kind)],
+        )
+    };
+    assert_eq!(errors("timeout"), Some(1.0));
+    assert_eq!(errors("reset").unwrap_or(0.0), 0.0);
+    // A slow answer within the timeout is fine.
+    let r = get(proxy.addr, "/slow/300").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "blue"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
