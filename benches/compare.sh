@@ -19,9 +19,12 @@
 #
 # Knobs (environment):
 #   ROUNDS (5), DURATION seconds per run (6), WARMUP seconds (2), CONNS (50),
-#   SUBJECTS ("switchyard bare-pingora nginx haproxy"), BODIES ("small large"),
+#   SUBJECTS ("switchyard bare-pingora bare-pingora-tuned nginx haproxy"; -tuned is bare pingora
+#   with switchyard's ServerConf settings), BODIES ("small large"),
 #   FLIP_DURATION (30 s of flipping, and as much without), FLIP_SEGMENTS (6 interleaved pairs),
 #   FLIP_INTERVAL_MS (100), IDLE_CONNS (1000), PROFILE_SECONDS (10), PROFILE_DIR (keep perf.data),
+#   PROFILE_SUBJECTS ("switchyard"; with two or more, e.g. "switchyard bare-pingora", it also
+#   prints the first two's self time per request, symbol by symbol),
 #   PROXY_CPU (0), LOAD_CPU (1), SKIP_BUILD=1 (use the binaries already built), CARGO_TARGET_DIR
 #   (where they are built; default ./target), SWITCHYARD_REV (how to name the binaries' source in
 #   the report when they were not built from this tree), KEEP_WORK=1 (keep the temp dir),
@@ -34,13 +37,14 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-6}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-50}
-SUBJECTS=${SUBJECTS:-"switchyard bare-pingora nginx haproxy"}
+SUBJECTS=${SUBJECTS:-"switchyard bare-pingora bare-pingora-tuned nginx haproxy"}
 BODIES=${BODIES:-"small large"}
 FLIP_DURATION=${FLIP_DURATION:-30}
 FLIP_INTERVAL_MS=${FLIP_INTERVAL_MS:-100}
 FLIP_SEGMENTS=${FLIP_SEGMENTS:-6}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
+PROFILE_SUBJECTS=${PROFILE_SUBJECTS:-switchyard}
 PROFILE_DIR=${PROFILE_DIR:-}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -339,12 +343,13 @@ EOF
 	wait_200 "http://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
 }
 
+# $1: "tuned" for the ServerConf settings switchyard uses (see benches/bare_pingora.rs).
 start_bare_pingora() {
-	local port
+	local port name=bare-pingora${1:+-$1}
 	port=$(free_ports 1)
-	start bare-pingora "$PROXY_CPU" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1
+	start "$name" "$PROXY_CPU" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1 ${1:+"$1"}
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
-	wait_200 "http://127.0.0.1:$port/small" bare-pingora "$SUBJECT_PID"
+	wait_200 "http://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
 }
 
 # nginx and HAProxy do the header work switchyard does on every request (X-Forwarded-For,
@@ -434,6 +439,7 @@ start_subject() {
 	switchyard) start_switchyard ;;
 	switchyard:*) start_switchyard "$UP_BLUE" "$(alt_binary "${1#switchyard:}")" "sy-${1#switchyard:}" ;;
 	bare-pingora) start_bare_pingora ;;
+	bare-pingora-tuned) start_bare_pingora tuned ;;
 	nginx) start_nginx_proxy ;;
 	haproxy) start_haproxy ;;
 	*) die "unknown subject $1" ;;
@@ -807,30 +813,57 @@ mode_profile() {
 		echo "(skipped: perf is not available)"
 		return 0
 	fi
-	start_switchyard
-	local dir=${PROFILE_DIR:-$WORK/profile} wpid
+	local subject
+	for subject in $PROFILE_SUBJECTS; do
+		profile_one "$subject"
+	done
+	[[ $(wc -w <<<"$PROFILE_SUBJECTS") -gt 1 ]] && profile_side_by_side
+	return 0
+}
+
+# Profiles one subject under wrk and reports where its time goes, then counts its system calls
+# and context switches per request; keeps the perf data and the request count in
+# $PROFILE_DIR/<subject>.{perf.data,requests} for profile_side_by_side.
+profile_one() {
+	local subject=$1 dir=${PROFILE_DIR:-$WORK/profile} wpid data stat_secs=3
 	mkdir -p "$dir"
-	log "profiling switchyard (pid $SUBJECT_PID) for ${PROFILE_SECONDS}s under wrk -c$CONNS, 128 B body"
-	taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d$((PROFILE_SECONDS + 4))s "http://127.0.0.1:$SUBJECT_PORT/small" \
-		>"$WORK/wrk-profile.out" 2>&1 &
+	data=$dir/$subject.perf.data
+	start_subject "$subject"
+	log "profiling $subject (pid $SUBJECT_PID) for ${PROFILE_SECONDS}s under wrk -c$CONNS, 128 B body"
+	taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d$((PROFILE_SECONDS + stat_secs + 3))s \
+		"http://127.0.0.1:$SUBJECT_PORT/small" >"$WORK/wrk-profile.out" 2>&1 &
 	wpid=$!
 	PIDS+=("$wpid")
 	sleep 1
 	# DWARF call graphs: the release build has debug line info but no frame pointers. perf runs
 	# on the load core so that it does not take cycles from the proxy it measures.
 	taskset -c "$LOAD_CPU" perf record -q -F 999 --call-graph dwarf,16384 -p "$SUBJECT_PID" \
-		-o "$dir/perf.data" -- sleep "$PROFILE_SECONDS" >&2 2>&1
+		-o "$data" -- sleep "$PROFILE_SECONDS" >&2 2>&1
+	# Counted apart from the profile (the syscall tracepoint has a cost of its own).
+	taskset -c "$LOAD_CPU" perf stat -x, -e raw_syscalls:sys_enter,context-switches \
+		-p "$(tree_pids "$SUBJECT_PID" | tr -s ' ' ',' | sed 's/^,//')" -o "$WORK/stat.csv" \
+		-- sleep "$stat_secs" >&2 2>&1 || true
 	wait "$wpid" || true
 	forget "$wpid"
 	stop "$SUBJECT_PID"
-	log "perf data in $dir/perf.data; reporting"
+	# wrk's mean rate over its whole run stands for the rate while perf watched.
+	awk -v p="$PROFILE_SECONDS" '/Requests\/sec:/ { printf "%d\n", $2 * p }' "$WORK/wrk-profile.out" \
+		>"$dir/$subject.requests"
+	local rps syscalls switches
+	rps=$(awk '/Requests\/sec:/ { print $2 }' "$WORK/wrk-profile.out")
+	syscalls=$(awk -F, -v r="$rps" -v t="$stat_secs" '$3 == "raw_syscalls:sys_enter" { printf "%.2f", $1 / (r * t) }' "$WORK/stat.csv" 2>/dev/null)
+	switches=$(awk -F, -v r="$rps" -v t="$stat_secs" '$3 == "context-switches" { printf "%.3f", $1 / (r * t) }' "$WORK/stat.csv" 2>/dev/null)
+	printf '%s\t%s\n' "${syscalls:--}" "${switches:--}" >"$dir/$subject.calls"
+	log "perf data in $data; reporting"
 
-	echo "## Profile: switchyard under load"
+	echo "## Profile: $subject under load"
 	echo
-	echo "- perf record -F 999 --call-graph dwarf -p <switchyard> for ${PROFILE_SECONDS} s, wrk -t1 -c$CONNS /small"
+	echo "- perf record -F 999 --call-graph dwarf -p <$subject> for ${PROFILE_SECONDS} s, wrk -t1 -c$CONNS /small"
+	echo "  (about $(cat "$dir/$subject.requests") requests in that time)"
+	echo "- then perf stat for ${stat_secs} s: ${syscalls:--} system calls and ${switches:--} context switches per request"
 	echo
 	# perf pads its columns; `strip` drops the padding and the empty srcline columns.
-	local report="perf report -i $dir/perf.data --stdio -g none --percent-limit 0.05"
+	local report="perf report -i $data --stdio -g none --percent-limit 0.05"
 	echo "### Where the time goes, by binary (self time)"
 	echo
 	echo '```'
@@ -843,6 +876,7 @@ mode_profile() {
 	$report --no-children --sort symbol 2>/dev/null | strip | first 30
 	echo '```'
 	echo
+	[[ $subject == switchyard* ]] || return 0
 	echo "### switchyard's own symbols"
 	echo
 	echo "Self time, then inclusive time (children; one symbol can appear more than once, once per"
@@ -853,6 +887,42 @@ mode_profile() {
 	echo '---- inclusive ----'
 	$report --children --sort symbol 2>/dev/null | strip | grep -E 'switchyard::' | first 30
 	echo '```'
+	echo
+}
+
+# The first two subjects' self time per symbol in µs per request (samples at 999 Hz ≈ 1.001 ms
+# each, divided by the requests wrk completed while perf watched), largest difference first:
+# where the first subject spends more than the second.
+profile_side_by_side() {
+	local dir=${PROFILE_DIR:-$WORK/profile} subject a b
+	read -r a b _ <<<"$PROFILE_SUBJECTS"
+	for subject in "$a" "$b"; do
+		perf report -i "$dir/$subject.perf.data" --stdio -g none --no-children --sort symbol \
+			-F overhead,sample,sym 2>/dev/null | strip |
+			awk -v r="$(cat "$dir/$subject.requests")" -v s="$subject" '
+				$2 ~ /^[0-9]+$/ { n = $2; $1 = ""; $2 = ""; sub(/^ +/, ""); printf "%s\t%s\t%.4f\n", s, $0, n * 1001 / r }'
+	done >"$WORK/side.tsv"
+	echo "## Profile: $a against $b, self time per request"
+	echo
+	echo "Samples × 1.001 ms / requests completed while perf watched; symbols whose difference is at"
+	echo "least 0.1 µs, largest first; \`total\` is every sample."
+	echo
+	echo "| symbol | $a µs/req | $b µs/req | difference |"
+	echo "|---|---:|---:|---:|"
+	awk -F'\t' -v a="$a" -v b="$b" '{ t[$1] += $3 } END {
+		printf "| total | %.2f | %.2f | %+.2f |\n", t[a], t[b], t[a] - t[b] }' "$WORK/side.tsv"
+	paste "$dir/$a.calls" "$dir/$b.calls" | awk -F'\t' '{
+		printf "| system calls per request (perf stat) | %s | %s | |\n", $1, $3
+		printf "| context switches per request | %s | %s | |\n", $2, $4 }'
+	awk -F'\t' -v a="$a" -v b="$b" '
+		{ v[$2, $1] = $3; sym[$2] = 1 }
+		END {
+			for (s in sym) {
+				d = v[s, a] - v[s, b]
+				if (d >= 0.1 || d <= -0.1) printf "%s\t%.2f\t%.2f\t%+.2f\n", s, v[s, a], v[s, b], d
+			}
+		}' "$WORK/side.tsv" | sort -t$'\t' -k4,4gr |
+		awk -F'\t' '{ printf "| `%s` | %s | %s | %s |\n", $1, $2, $3, $4 }'
 	echo
 }
 
