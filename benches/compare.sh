@@ -5,7 +5,9 @@
 #   benches/compare.sh flips       wrk at full speed while the colour flips every 100 ms
 #   benches/compare.sh memory      resident memory idle and with 1 000 idle keep-alive clients
 #   benches/compare.sh profile     perf profile of switchyard under load, its own symbols first
-#   benches/compare.sh all         all four, in that order
+#   benches/compare.sh instructions  user-space instructions per request under callgrind
+#                                  (deterministic where CPU time is noisy; pingora subjects only)
+#   benches/compare.sh all         compare, flips, memory and profile, in that order
 #
 # Layout (2 cores): the proxy under test is pinned to core PROXY_CPU (0); wrk (1 thread, CONNS
 # keep-alive connections) and the one static upstream (nginx, 1 worker) share core LOAD_CPU (1).
@@ -29,7 +31,9 @@
 #   (where they are built; default ./target), SWITCHYARD_REV (how to name the binaries' source in
 #   the report when they were not built from this tree), KEEP_WORK=1 (keep the temp dir),
 #   SWITCHYARD_ALT ("NAME=PATH ...": other switchyard builds, as subjects "switchyard:NAME").
-# Defaults: compare ~5 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~9 min for `all`.
+#   INSTR_SUBJECTS ("switchyard bare-pingora bare-pingora-tuned"), INSTR_SECONDS (10).
+# Defaults: compare ~6 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~10 min for `all`;
+# instructions ~2 min.
 set -euo pipefail
 
 MODE=${1:-compare}
@@ -45,6 +49,10 @@ FLIP_SEGMENTS=${FLIP_SEGMENTS:-6}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 PROFILE_SUBJECTS=${PROFILE_SUBJECTS:-switchyard}
+INSTR_SUBJECTS=${INSTR_SUBJECTS:-"switchyard bare-pingora bare-pingora-tuned"}
+INSTR_SECONDS=${INSTR_SECONDS:-10}
+# A command prefix for the pingora subjects (valgrind, in instructions mode).
+RUN_UNDER=()
 PROFILE_DIR=${PROFILE_DIR:-}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -63,9 +71,9 @@ log() { printf '[compare] %s\n' "$*" >&2; }
 die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
 
 case $MODE in
-compare | flips | memory | profile | all) ;;
+compare | flips | memory | profile | instructions | all) ;;
 -h | --help | help) sed -n '2,30p' "$0"; exit 0 ;;
-*) die "unknown mode '$MODE' (compare, flips, memory, profile or all)" ;;
+*) die "unknown mode '$MODE' (compare, flips, memory, profile, instructions or all)" ;;
 esac
 
 # --- tools -------------------------------------------------------------------------------------
@@ -337,7 +345,7 @@ threads = 1
 access = false
 EOF
 	"$bin" check -c "$d/switchyard.toml" >&2
-	RUST_LOG=warn start "$name" "$PROXY_CPU" "$bin" serve -c "$d/switchyard.toml"
+	RUST_LOG=warn start "$name" "$PROXY_CPU" "${RUN_UNDER[@]}" "$bin" serve -c "$d/switchyard.toml"
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
 	ADMIN_SOCKET=$d/run/admin.sock METRICS_PORT=$mport
 	wait_200 "http://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
@@ -347,7 +355,7 @@ EOF
 start_bare_pingora() {
 	local port name=bare-pingora${1:+-$1}
 	port=$(free_ports 1)
-	start "$name" "$PROXY_CPU" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1 ${1:+"$1"}
+	start "$name" "$PROXY_CPU" "${RUN_UNDER[@]}" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1 ${1:+"$1"}
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
 	wait_200 "http://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
 }
@@ -926,6 +934,50 @@ profile_side_by_side() {
 	echo
 }
 
+# User-space instructions per request, counted by callgrind: start the subject under valgrind,
+# warm up, zero the counters, drive wrk for INSTR_SECONDS, dump, divide by the requests wrk
+# completed. Unlike CPU time this hardly moves with the machine's load (repeat runs agree within
+# ~1 %), so it shows what a code change costs; kernel time (the same for every subject: equal
+# system calls and TCP segments per request) is not in it. Valgrind runs the subject ~20x slower.
+mode_instructions() {
+	if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
+		if [[ $(id -u) -eq 0 ]]; then
+			log "installing valgrind"
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >&2 || true
+		fi
+		command -v callgrind_control >/dev/null || die "instructions mode needs valgrind (apt-get install -y valgrind)"
+	fi
+	local subject pid reqs ir
+	echo "## Instructions per request (callgrind)"
+	echo
+	echo "- valgrind --tool=callgrind; counters zeroed after a 2 s warm-up, then wrk -t1 -c$CONNS /small for ${INSTR_SECONDS} s; user space only"
+	echo
+	echo "| subject | requests | instructions per request | vs ${INSTR_SUBJECTS%% *} |"
+	echo "|---|---:|---:|---:|"
+	: >"$WORK/instructions.tsv"
+	for subject in $INSTR_SUBJECTS; do
+		[[ $subject == switchyard* || $subject == bare-pingora* ]] ||
+			die "instructions mode runs pingora subjects only, not $subject"
+		RUN_UNDER=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/$subject.cg.%p")
+		start_subject "$subject"
+		RUN_UNDER=()
+		pid=$SUBJECT_PID
+		run_wrk "http://127.0.0.1:$SUBJECT_PORT/small" 2 "$WORK/warmup.out"
+		callgrind_control -z "$pid" >/dev/null
+		run_wrk "http://127.0.0.1:$SUBJECT_PORT/small" "$INSTR_SECONDS" "$WORK/wrk-instr.out"
+		callgrind_control -d "$pid" >/dev/null
+		reqs=$(awk '/ requests in / { print $1 }' "$WORK/wrk-instr.out")
+		stop "$pid"
+		# The dump after zeroing is <name>.cg.<pid>.1; <name>.cg.<pid> is what ran after it.
+		ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$WORK/$subject.cg.$pid.1")
+		printf '%s\t%s\t%s\n' "$subject" "$reqs" "$ir" >>"$WORK/instructions.tsv"
+		log "$subject: $reqs requests, $ir instructions"
+	done
+	awk -F'\t' 'NR == 1 { base = $3 / $2 }
+		{ printf "| %s | %d | %.0f | %.3f |\n", $1, $2, $3 / $2, ($3 / $2) / base }' "$WORK/instructions.tsv"
+	echo
+}
+
 # Drops perf's comment lines, blank lines and column padding.
 strip() { grep -v -e '^#' -e '^$' | sed -E -e 's/([[:space:]]+-)+[[:space:]]*$//' -e 's/[[:space:]]+$//'; }
 
@@ -940,6 +992,7 @@ compare) mode_compare ;;
 flips) mode_flips ;;
 memory) mode_memory ;;
 profile) mode_profile ;;
+instructions) mode_instructions ;;
 all) mode_compare; mode_flips; mode_memory; mode_profile ;;
 esac
 log "done"
