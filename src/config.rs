@@ -36,6 +36,9 @@ pub const MAX_BP: u32 = 10_000;
 pub struct Config {
     /// Addresses the proxy listens on for client traffic.
     pub listen: Vec<SocketAddr>,
+    /// Clients (a TLS terminator, a load balancer) whose `X-Forwarded-Proto` is passed on; from
+    /// anyone else it is replaced with `http`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub state: StateConfig,
@@ -284,6 +287,25 @@ impl Errors<'_> {
         });
     }
 
+    /// A network (`10.0.0.0/8`) or a single address (`192.0.2.7`, taken as `/32` or `/128`).
+    fn network(&mut self, s: &Spanned<String>) -> Option<ipnet::IpNet> {
+        let text = s.get_ref().trim();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .ok()
+            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(Into::into));
+        if parsed.is_none() {
+            self.at(
+                s,
+                format!(
+                    "[listen] trusted_proxies entry `{text}` is not an IP address or network \
+                     (write e.g. 10.0.0.0/8, 192.0.2.7 or fd00::/8)"
+                ),
+            );
+        }
+        parsed.map(|n| n.trunc())
+    }
+
     fn addr(&mut self, s: &Spanned<String>, what: &str) -> Option<SocketAddr> {
         match s.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -371,6 +393,12 @@ fn validate(raw: raw::File, text: &str, file: &str) -> Result<Config, ConfigErro
             errs.general(format!("[listen] http lists {a} twice"));
         }
     }
+    let trusted_proxies: Vec<ipnet::IpNet> = listen_raw
+        .trusted_proxies
+        .iter()
+        .flatten()
+        .filter_map(|n| errs.network(n))
+        .collect();
 
     // [admin]
     let admin_raw = raw.admin.unwrap_or_default();
@@ -754,6 +782,7 @@ fn validate(raw: raw::File, text: &str, file: &str) -> Result<Config, ConfigErro
     };
     Ok(Config {
         listen,
+        trusted_proxies,
         admin,
         metrics,
         state,
@@ -843,6 +872,7 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Listen {
         pub http: Option<Vec<Spanned<String>>>,
+        pub trusted_proxies: Option<Vec<Spanned<String>>>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -971,6 +1001,37 @@ backends = ["127.0.0.1:9001"]
         assert_eq!(c.shutdown.grace_period, Duration::from_secs(10));
         assert!(c.server.threads >= 1);
         assert!(!c.log.access);
+        assert!(
+            c.trusted_proxies.is_empty(),
+            "no client is trusted by default"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_or_addresses() {
+        let text = format!(
+            "{MINIMAL}[listen]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\", \"10.1.2.3/16\"]\n"
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        // A lone address is that one host; host bits in a network are dropped.
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8", "10.1.0.0/16"]
+        );
+
+        let text =
+            format!("{MINIMAL}[listen]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n");
+        let errs = Config::parse(&text, "t.toml").unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].location, Some((7, 34)));
+        assert!(
+            errs[0]
+                .message
+                .contains("`lb.internal` is not an IP address or network"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

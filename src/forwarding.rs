@@ -14,13 +14,21 @@ use pingora::prelude::*;
 use crate::proxy::{POOL_HEADER, PREVIEW_TOKEN_HEADER};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static POOL_HEADER_NAME: HeaderName = HeaderName::from_static(POOL_HEADER);
 static PREVIEW_TOKEN_NAME: HeaderName = HeaderName::from_static(PREVIEW_TOKEN_HEADER);
 
 /// Edits the request about to go upstream: strips the routing headers (ours, never the
 /// application's, so a preview token cannot leak to a backend or its logs), appends the client to
-/// `X-Forwarded-For` and sets `X-Forwarded-Proto`.
-pub fn upstream_request(req: &mut RequestHeader, client: Option<IpAddr>) -> Result<()> {
+/// `X-Forwarded-For` and sets `X-Forwarded-Proto` to `http`, the scheme it came in on. A
+/// `trusted` client (a TLS terminator in front of switchyard, `[listen] trusted_proxies`) knows
+/// the scheme the request really came in on, so its `X-Forwarded-Proto` is passed on; anyone
+/// else's is replaced, as it could be forged.
+pub fn upstream_request(
+    req: &mut RequestHeader,
+    client: Option<IpAddr>,
+    trusted: bool,
+) -> Result<()> {
     // One lookup each: pingora touches its case map only when there was something to remove.
     for name in [&POOL_HEADER_NAME, &PREVIEW_TOKEN_NAME] {
         req.remove_header(name);
@@ -46,10 +54,12 @@ pub fn upstream_request(req: &mut RequestHeader, client: Option<IpAddr>) -> Resu
             req.insert_header(bytes::Bytes::from_static(b"X-Forwarded-For"), xff)?;
         }
     }
-    req.insert_header(
-        bytes::Bytes::from_static(b"X-Forwarded-Proto"),
-        HeaderValue::from_static("http"),
-    )?;
+    if !(trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
+        req.insert_header(
+            bytes::Bytes::from_static(b"X-Forwarded-Proto"),
+            HeaderValue::from_static("http"),
+        )?;
+    }
     Ok(())
 }
 
@@ -163,7 +173,7 @@ mod tests {
             ("x-switchyard-preview-token", "secret"),
             ("X-Forwarded-Proto", "https"),
         ]);
-        upstream_request(&mut r, client).unwrap();
+        upstream_request(&mut r, client, false).unwrap();
         assert_eq!(
             wire(&r),
             "Host: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-For: 192.0.2.7\r\n"
@@ -174,14 +184,35 @@ mod tests {
             ("X-Forwarded-For", "203.0.113.1"),
             ("x-forwarded-for", "198.51.100.2, 10.0.0.1"),
         ]);
-        upstream_request(&mut r, client).unwrap();
+        upstream_request(&mut r, client, false).unwrap();
         let xff: Vec<_> = r.headers.get_all("x-forwarded-for").iter().collect();
         assert_eq!(xff, ["203.0.113.1, 198.51.100.2, 10.0.0.1, 192.0.2.7"]);
 
         // No client address (a Unix socket): nothing to append, the rest still done.
         let mut r = request(&[("X-Switchyard-Pool", "green")]);
-        upstream_request(&mut r, None).unwrap();
+        upstream_request(&mut r, None, false).unwrap();
         assert_eq!(wire(&r), "X-Forwarded-Proto: http\r\n");
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_forwarded_proto() {
+        let lb = Some(IpAddr::from([10, 0, 0, 5]));
+        let mut r = request(&[
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-For", "203.0.113.1"),
+        ]);
+        upstream_request(&mut r, lb, true).unwrap();
+        assert_eq!(
+            wire(&r),
+            "X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.1, 10.0.0.5\r\n"
+        );
+        // Trusted but silent about the scheme: it came in as http.
+        let mut r = request(&[("Host", "a")]);
+        upstream_request(&mut r, lb, true).unwrap();
+        assert_eq!(
+            wire(&r),
+            "Host: a\r\nX-Forwarded-For: 10.0.0.5\r\nX-Forwarded-Proto: http\r\n"
+        );
     }
 
     #[test]

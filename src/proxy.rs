@@ -36,6 +36,8 @@ pub struct ProxySettings {
     pub sticky: Sticky,
     /// The preview secret, when `routing.preview_token_file` is set.
     pub preview: Option<PreviewKey>,
+    /// `[listen] trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ProxySettings {
@@ -47,6 +49,7 @@ impl ProxySettings {
             upstream: config.upstream.clone(),
             sticky: config.routing.sticky.clone(),
             preview,
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 }
@@ -425,11 +428,19 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A v4 client of a dual-stack listener shows as ::ffff:a.b.c.d; backends and networks
+        // in the config expect a.b.c.d.
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        forwarding::upstream_request(upstream_request, client)
+            .map(|a| a.ip().to_canonical());
+        let trusted = client.is_some_and(|ip| {
+            self.settings
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&ip))
+        });
+        forwarding::upstream_request(upstream_request, client, trusted)
     }
 
     async fn response_filter(

@@ -117,14 +117,43 @@ async fn forwarding_headers_are_added_and_routing_headers_stripped() {
         .insert("x-switchyard-preview-token", "secret".parse().unwrap());
     req.headers_mut()
         .insert("x-switchyard-pool", "green".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
     client.send(req).await.unwrap();
 
     let seen = blue.seen.lock().unwrap();
     let h = &seen[0].headers;
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
-    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(
+        h["x-forwarded-proto"], "http",
+        "an untrusted client's scheme claim is replaced"
+    );
     assert!(h.get("x-switchyard-preview-token").is_none());
     assert!(h.get("x-switchyard-pool").is_none());
+}
+
+/// Behind a TLS terminator listed in `[listen] trusted_proxies`, the scheme it reports reaches
+/// the application; a request from it without the header is marked http.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_passes_its_scheme_on() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "{}\n[listen]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        pools_toml(&[blue.addr], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    let mut client = Client::connect(proxy.addr).await;
+    let mut req = request("GET", "/", Bytes::new());
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    assert_eq!(client.send(req).await.unwrap().status, 200);
+    assert_eq!(client.get("/").await.unwrap().status, 200);
+
+    let seen = blue.seen.lock().unwrap();
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+    assert_eq!(seen[1].headers["x-forwarded-proto"], "http");
+    assert_eq!(seen[0].headers["x-forwarded-for"], "127.0.0.1");
 }
 
 /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it hangs

@@ -300,8 +300,9 @@ pub fn pools_toml(blue: &[SocketAddr], green: &[SocketAddr]) -> String {
 }
 
 impl Proxy {
-    /// Starts a proxy from `toml` (pools and any sections besides `[listen]`, `[admin]`,
-    /// `[metrics]` and `[state]`, which the harness fills in) and waits until it accepts.
+    /// Starts a proxy from `toml` (pools and any sections besides `[admin]`, `[metrics]` and
+    /// `[state]`, which the harness fills in, and `[listen] http`, which it adds) and waits until
+    /// it accepts.
     ///
     /// Unless `toml` has its own `[health]`, checks run every 100 ms with rise = fall = 1, and
     /// this waits until every backend is healthy.
@@ -353,8 +354,16 @@ impl Proxy {
         } else {
             FAST_HEALTH
         };
+        // The listen address is the harness's; a test's own `[listen]` (for its other keys)
+        // gets it added.
+        let http = format!("[listen]\nhttp = [\"127.0.0.1:{port}\"]\n");
+        let (listen, toml) = if toml.contains("[listen]\n") {
+            (String::new(), toml.replacen("[listen]\n", &http, 1))
+        } else {
+            (http + "\n", toml.to_string())
+        };
         let full = format!(
-            "{health}[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\n{admin}\
+            "{health}{listen}{admin}\
              [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
              [state]\ndir = \"{d}/state\"\n\n{toml}",
             d = dir.path().display(),
