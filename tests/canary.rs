@@ -35,9 +35,8 @@ async fn get_with(client: &mut Client, headers: &[(&str, &str)]) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cookie_clients_stay_on_one_colour_and_raising_the_weight_keeps_them() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Arc::new(Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await);
+    let (_blue, _green, proxy) = two_pools().await;
+    let proxy = Arc::new(proxy);
     canary(&proxy, 10.0).await;
 
     const CLIENTS: usize = 2_000;
@@ -126,13 +125,7 @@ async fn cookie_clients_stay_on_one_colour_and_raising_the_weight_keeps_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_key_keeps_each_user_on_one_colour() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"header:x-user-id\"\n",
-        pools_toml(&[blue.addr], &[green.addr])
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, _green, proxy) = two_pools_with("[routing]\nsticky = \"header:x-user-id\"\n").await;
     canary(&proxy, 20.0).await;
     let mut client = Client::connect(proxy.addr).await;
     let mut green_users = 0;
@@ -157,13 +150,7 @@ async fn a_header_key_keeps_each_user_on_one_colour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_the_split_tracks_the_weight_closely() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"none\"\n",
-        pools_toml(&[blue.addr], &[green.addr])
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, green, proxy) = two_pools_with("[routing]\nsticky = \"none\"\n").await;
     canary(&proxy, 12.34).await;
     let mut client = Client::connect(proxy.addr).await;
     for _ in 0..10_000 {

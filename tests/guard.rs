@@ -444,14 +444,11 @@ async fn a_rollout_without_traffic_holds_its_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_canary_breaches_max_p99() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"none\"\n{}max_p99 = \"100ms\"\n",
-        pools_toml(&[blue.addr], &[green.addr]),
+    let (_blue, green, proxy) = two_pools_with(&format!(
+        "[routing]\nsticky = \"none\"\n{}max_p99 = \"100ms\"\n",
         GUARD.replace("min_requests = 50", "min_requests = 10")
-    );
-    let proxy = Proxy::start(&toml).await;
+    ))
+    .await;
     green.delay(150);
     let (s, _) = post(
         &proxy,

@@ -126,13 +126,7 @@ async fn the_health_gate_refuses_a_pool_with_no_healthy_backend_unless_forced() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_canary_pool_fails_over_to_the_primary_and_is_counted() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\nsticky = \"none\"\n",
-        pools_toml(&[blue.addr], &[green.addr])
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, green, proxy) = two_pools_with("[routing]\nsticky = \"none\"\n").await;
     let (s, _) = admin(
         &proxy.socket(),
         "POST",

@@ -26,13 +26,8 @@ async fn requests_reach_the_primary_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_primary_chooses_the_pool() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[routing]\ninitial_primary = \"green\"\nresponse_header = false\n",
-        pools_toml(&[blue.addr], &[green.addr])
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, _green, proxy) =
+        two_pools_with("[routing]\ninitial_primary = \"green\"\nresponse_header = false\n").await;
     let r = get(proxy.addr, "/").await;
     assert_eq!(r.text(), "green");
     assert_eq!(
@@ -136,13 +131,8 @@ async fn forwarding_headers_are_added_and_routing_headers_stripped() {
 /// the application; a request from it without the header is marked http.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxy_passes_its_scheme_on() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[listen]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
-        pools_toml(&[blue.addr], &[green.addr])
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (blue, _green, proxy) =
+        two_pools_with("[listen]\ntrusted_proxies = [\"127.0.0.0/8\"]\n").await;
     let mut client = Client::connect(proxy.addr).await;
     let mut req = request("GET", "/", Bytes::new());
     req.headers_mut()
@@ -237,13 +227,8 @@ async fn an_unresponsive_backend_times_out_at_the_connect_timeout() {
 /// stealing; every other test runs with one worker per core.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_backend_times_out_at_the_read_timeout() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let toml = format!(
-        "{}\n[upstream]\nread_timeout = \"1s\"\n[server]\nthreads = 1\n",
-        pools_toml(&[blue.addr], &[green.addr])
-    );
-    let proxy = Proxy::start(&toml).await;
+    let (_blue, _green, proxy) =
+        two_pools_with("[upstream]\nread_timeout = \"1s\"\n[server]\nthreads = 1\n").await;
     let start = Instant::now();
     let r = get(proxy.addr, "/slow/5000").await;
     let took = start.elapsed();

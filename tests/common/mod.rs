@@ -688,8 +688,14 @@ impl Hook {
 
 /// A `blue` and a `green` upstream, one backend each, and a proxy in front of them, ready.
 pub async fn two_pools() -> (Upstream, Upstream, Proxy) {
+    two_pools_with("").await
+}
+
+/// Like [`two_pools`], with `extra` configuration after the pools.
+pub async fn two_pools_with(extra: &str) -> (Upstream, Upstream, Proxy) {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    let toml = format!("{}\n{extra}", pools_toml(&[blue.addr], &[green.addr]));
+    let proxy = Proxy::start(&toml).await;
     (blue, green, proxy)
 }
