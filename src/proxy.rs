@@ -144,11 +144,7 @@ impl Proxy {
         match &self.settings.sticky {
             Sticky::None => table.pool_for_key(None),
             Sticky::Header(name) => table.pool_for_key(headers.get(name).map(|v| v.as_bytes())),
-            Sticky::Ip => match session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip())
-            {
+            Sticky::Ip => match client_ip(session) {
                 Some(std::net::IpAddr::V4(ip)) => table.pool_for_key(Some(&ip.octets())),
                 Some(std::net::IpAddr::V6(ip)) => table.pool_for_key(Some(&ip.octets())),
                 None => table.pool_for_key(None),
@@ -173,6 +169,16 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The client's IP address (none for a Unix-socket client). A v4 client of a dual-stack
+/// listener shows as `::ffff:a.b.c.d`; it is taken as `a.b.c.d`, so it keys, matches
+/// `trusted_proxies` and reads in `X-Forwarded-For` the same as over a v4 listener.
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_canonical())
 }
 
 /// The index of the pool whose name is `name`.
@@ -280,8 +286,6 @@ pub struct RequestCtx {
     route: Option<Route>,
     /// A fresh `sy_uid` to set on the response.
     set_cookie: Option<String>,
-    /// The request chose its pool with a valid preview token or cookie.
-    preview: bool,
     backend: Option<usize>,
     /// The backend that refused a connection, to be avoided on the one retry.
     failed_backend: Option<usize>,
@@ -305,7 +309,6 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             route: None,
             set_cookie: None,
-            preview: false,
             backend: None,
             failed_backend: None,
             connect_retries: 0,
@@ -344,7 +347,6 @@ impl ProxyHttp for Proxy {
             Some(pool) => (pool, true),
             None => (self.weighted_pool(session, &table, ctx), false),
         };
-        ctx.preview = preview;
         // A pool with no healthy backend fails over to the other colour when that one can
         // serve; with neither, the request gets 503 now rather than a connect timeout later.
         // A preview never fails over: it asked for one pool and must see that pool.
@@ -428,12 +430,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A v4 client of a dual-stack listener shows as ::ffff:a.b.c.d; backends and networks
-        // in the config expect a.b.c.d.
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_canonical());
+        let client = client_ip(session);
         let trusted = client.is_some_and(|ip| {
             self.settings
                 .trusted_proxies
