@@ -102,8 +102,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match Switchyard::build(config, RunMode::process()) {
-        Ok(app) => {
+    match Switchyard::build(config, Some(path.to_path_buf()), RunMode::process()) {
+        Ok(mut app) => {
+            app.reload_on(&signals);
             app.run(signals.run_args());
             ExitCode::SUCCESS
         }
@@ -146,7 +147,7 @@ fn run_demo(listen: &str, metrics: &str) -> ExitCode {
         }
     };
     let banner = demo::banner(listen, &config.admin.socket, &backends.pools);
-    let mut app = match Switchyard::build(config, RunMode::process()) {
+    let mut app = match Switchyard::build(config, None, RunMode::process()) {
         Ok(app) => app,
         Err(e) => {
             tracing::error!("{e}");

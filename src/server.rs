@@ -18,15 +18,15 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminParts};
 use crate::config::Config;
 use crate::guard::GuardService;
-use crate::health::HealthChecker;
+use crate::health::{HealthChecker, HealthControl};
 use crate::httpd::{Listener, UnixBindError};
 use crate::metrics::{Metrics, MetricsService};
 use crate::notify::Notifier;
 use crate::preview::{PreviewError, PreviewKey};
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::Proxy;
 use crate::routing::Switchboard;
 use crate::state::StoreError;
 
@@ -105,12 +105,19 @@ impl RunMode {
 pub struct Switchyard {
     server: Server,
     switchboard: Arc<Switchboard>,
+    admin: Arc<Admin>,
     config: Arc<Config>,
 }
 
 impl Switchyard {
     /// Checks the environment and builds every service. Nothing listens until [`Switchyard::run`].
-    pub fn build(config: Config, mode: RunMode) -> Result<Switchyard, StartError> {
+    /// `config_path` is the file `config` came from, which a reload re-reads (`None` for a
+    /// built-in configuration, which cannot be reloaded).
+    pub fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+        mode: RunMode,
+    ) -> Result<Switchyard, StartError> {
         for &addr in &config.listen {
             // Fail now on a busy port rather than inside pingora's service task.
             std::net::TcpListener::bind(addr)
@@ -149,8 +156,17 @@ impl Switchyard {
             None => None,
         };
         let (notifier, delivery) = Notifier::new(config.notify.clone(), metrics.clone());
-        let (switchboard, admin) =
-            Admin::start(&config, metrics.clone(), preview.clone(), notifier.clone())?;
+        let health = HealthControl::new(config.health.clone());
+        let (switchboard, admin) = Admin::start(
+            &config,
+            AdminParts {
+                metrics: metrics.clone(),
+                preview,
+                notifier: notifier.clone(),
+                health: health.clone(),
+                config_path,
+            },
+        )?;
         let admin = Arc::new(admin);
 
         let mut conf = ServerConf {
@@ -176,11 +192,7 @@ impl Switchyard {
         let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
         server.bootstrap();
 
-        let proxy = Proxy::new(
-            switchboard.clone(),
-            metrics.clone(),
-            ProxySettings::from_config(&config, preview),
-        );
+        let proxy = Proxy::new(switchboard.clone(), metrics.clone());
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
         if let Some(app) = proxy_service.app_logic_mut() {
@@ -201,14 +213,10 @@ impl Switchyard {
             "admin",
             AdminService::new(admin.clone(), admin_listeners),
         );
-        add_background(&mut server, "guard", GuardService::new(admin));
-        if let Some(delivery) = delivery {
-            add_background(&mut server, "notifications", delivery);
-        }
-        if config.health.enabled {
-            let checker = HealthChecker::new(switchboard.clone(), config.health.clone());
-            add_background(&mut server, "health checks", checker);
-        }
+        add_background(&mut server, "guard", GuardService::new(admin.clone()));
+        add_background(&mut server, "notifications", delivery);
+        let checker = HealthChecker::new(switchboard.clone(), health);
+        add_background(&mut server, "health checks", checker);
         if let Some(listener) = metrics_listener {
             let svc = MetricsService::new(metrics.clone(), switchboard.clone(), listener);
             add_background(&mut server, "metrics", svc);
@@ -235,8 +243,23 @@ impl Switchyard {
         Ok(Switchyard {
             server,
             switchboard,
+            admin,
             config: Arc::new(config),
         })
+    }
+
+    /// The admin handler (changes, reloads, status).
+    pub fn admin(&self) -> Arc<Admin> {
+        self.admin.clone()
+    }
+
+    /// Reloads the configuration whenever `signals` receives SIGHUP.
+    pub fn reload_on(&mut self, signals: &ProcessSignals) {
+        let reloader = SighupReload {
+            admin: self.admin.clone(),
+            hup: signals.hup.clone(),
+        };
+        self.add_background("SIGHUP reload", reloader);
     }
 
     /// The routing state shared by the proxy and the admin API.
@@ -283,27 +306,28 @@ impl Switchyard {
 /// arrives early is kept and acted on when the server is ready for it.
 pub struct ProcessSignals {
     rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<i32>>,
+    /// SIGHUP: reload the configuration. A permit is kept until the reloader takes it, so a
+    /// SIGHUP during start-up is acted on once the server runs (and several in a row are one).
+    hup: Arc<tokio::sync::Notify>,
 }
 
 impl ProcessSignals {
     /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown), SIGQUIT (treated as
     /// SIGTERM: pingora's hand-over of listening sockets to a new process is not supported, as
-    /// the admin and metrics sockets are not pingora listeners) and SIGHUP (logged: reload is
-    /// not available yet, and its default action would kill the process).
+    /// the admin and metrics sockets are not pingora listeners) and SIGHUP (reload the
+    /// configuration, see [`Switchyard::reload_on`]; its default action would kill the process).
     pub fn install() -> io::Result<ProcessSignals> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let hup = Arc::new(tokio::sync::Notify::new());
+        let on_hup = hup.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
                     if sig == SIGHUP {
-                        tracing::warn!(
-                            "SIGHUP received: configuration reload is not available yet; \
-                             restart switchyard to apply a new config (the routing state \
-                             survives a restart)"
-                        );
+                        on_hup.notify_one();
                         continue;
                     }
                     if tx.send(sig).is_err() {
@@ -313,6 +337,7 @@ impl ProcessSignals {
             })?;
         Ok(ProcessSignals {
             rx: tokio::sync::Mutex::new(rx),
+            hup,
         })
     }
 
@@ -331,6 +356,34 @@ impl ShutdownSignalWatch for ProcessSignals {
         match self.rx.lock().await.recv().await {
             Some(SIGINT) => ShutdownSignal::FastShutdown,
             _ => ShutdownSignal::GracefulTerminate,
+        }
+    }
+}
+
+/// Reloads the configuration on SIGHUP, as `POST /v1/reload` does (the outcome is logged, counted
+/// and recorded in history; there is nobody to answer).
+struct SighupReload {
+    admin: Arc<Admin>,
+    hup: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.hup.notified() => {}
+            }
+            tracing::info!("SIGHUP received: reloading the configuration");
+            let admin = self.admin.clone();
+            let done =
+                tokio::task::spawn_blocking(move || admin.reload("signal:SIGHUP", None)).await;
+            if let Ok(Ok(crate::admin::Reply::Reload(r))) = done {
+                if !r.changed {
+                    tracing::info!("SIGHUP reload: {}", r.summary);
+                }
+            }
         }
     }
 }
