@@ -4,9 +4,9 @@
 //! going after a problem, so an operator fixes a file in one pass:
 //! 1. The text is parsed into a TOML tree that remembers where each key and value is. Only a syntax
 //!    error stops here: without a tree there is nothing else to check.
-//! 2. [`raw`] reads the tree key by key into structs that mirror the file, reporting unknown keys
+//! 2. `raw` reads the tree key by key into structs that mirror the file, reporting unknown keys
 //!    (with the keys the section does take) and values of the wrong type (naming the key).
-//! 3. [`validate`] turns the mirror into a [`Config`] that has no "maybe" left in it: addresses,
+//! 3. `validate` turns the mirror into a [`Config`] that has no "maybe" left in it: addresses,
 //!    durations, ranges, duplicates, cross-references.
 //! 4. [`Config::load`] (used by `check`, `serve` and a reload alike) also reads the side files the
 //!    server will read, the admin tokens and the preview token, with the server's own parsers.
