@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod dns;
 pub mod forwarding;
 pub mod guard;
 pub mod health;
