@@ -372,6 +372,8 @@ pub struct Admin {
     ledger: Mutex<Ledger>,
     /// Serialises reloads (which check new backends without holding the change lock).
     reloads: Mutex<()>,
+    /// A membership change from DNS that the health gate holds back (logged once).
+    dns_held: Mutex<Option<String>>,
 }
 
 /// What an [`Admin`] is built from, besides the configuration.
@@ -621,6 +623,7 @@ impl Admin {
                 judgement: None,
             }),
             reloads: Mutex::new(()),
+            dns_held: Mutex::new(None),
         };
         Ok((switchboard, admin))
     }

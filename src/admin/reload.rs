@@ -250,12 +250,21 @@ impl Admin {
                 let settings = (*self.switchboard.load().settings).clone();
                 self.swap_members(&config, &new_members, &ready, settings)
             });
+        let mut held = self.dns_held.lock().unwrap_or_else(|p| p.into_inner());
         match applied {
-            Ok(_) => tracing::info!("backend names changed the pools: {summary}"),
-            Err(e) => tracing::warn!(
-                "backend names would change the pools ({summary}), but not now: {e}; trying \
-                 again after the next lookups"
-            ),
+            Ok(_) => {
+                *held = None;
+                tracing::info!("backend names changed the pools: {summary}");
+            }
+            // Once per held-back change, not at every lookup while it waits.
+            Err(e) if held.as_deref() != Some(summary.as_str()) => {
+                tracing::warn!(
+                    "backend names would change the pools ({summary}), but not now: {e}; \
+                     trying again after each lookup"
+                );
+                *held = Some(summary);
+            }
+            Err(_) => {}
         }
     }
 
