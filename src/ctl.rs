@@ -206,7 +206,9 @@ async fn execute(args: &CtlArgs) -> Result<String, Failure> {
     match &args.verb {
         Verb::Watch { interval, count } => return watch(args, *interval, *count).await,
         Verb::WaitDrained { pool, timeout } => return wait_drained(args, pool, *timeout).await,
-        Verb::Upgrade { binary, timeout } => return upgrade(args, binary.as_deref(), *timeout).await,
+        Verb::Upgrade { binary, timeout } => {
+            return upgrade(args, binary.as_deref(), *timeout).await
+        }
         _ => {}
     }
     let (method, path, body) = request_for(&args.verb)?;
@@ -361,7 +363,11 @@ async fn call_within(
     };
     let (status, bytes) = tokio::time::timeout(within, exchange)
         .await
-        .map_err(|_| usage(format!("error: no answer from the admin API within {within:?}")))?
+        .map_err(|_| {
+            usage(format!(
+                "error: no answer from the admin API within {within:?}"
+            ))
+        })?
         .map_err(|e| usage(format!("error: the admin API connection failed: {e}")))?;
     let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
         usage(format!(
@@ -804,9 +810,10 @@ async fn upgrade(
 ) -> Result<String, Failure> {
     let begun = std::time::Instant::now();
     let binary = match binary {
-        Some(b) => Some(std::path::absolute(b).map_err(|e| {
-            usage(format!("error: --binary {}: {e}", b.display()))
-        })?),
+        Some(b) => Some(
+            std::path::absolute(b)
+                .map_err(|e| usage(format!("error: --binary {}: {e}", b.display())))?,
+        ),
         None => None,
     };
     let before = status(args).await?;

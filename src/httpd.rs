@@ -247,7 +247,9 @@ mod inherited {
             Kind::Tcp(want) => {
                 // SAFETY: see the module doc: an inherited fd no one else owns.
                 let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-                let got = l.local_addr().map_err(|e| format!("inherited fd {fd}: {e}"))?;
+                let got = l
+                    .local_addr()
+                    .map_err(|e| format!("inherited fd {fd}: {e}"))?;
                 if got.port() != want.port() {
                     return Err(format!("inherited fd {fd} is bound to {got}, not {want}"));
                 }
@@ -262,9 +264,11 @@ mod inherited {
                     .map_err(|e| format!("inherited fd {fd}: {e}"))?;
                 // A socket a previous process bound next to the path and renamed into place
                 // (`replace_unix`) keeps its first name.
-                let named = got
-                    .as_pathname()
-                    .is_some_and(|p| p.as_os_str().to_string_lossy().starts_with(&*want.to_string_lossy()));
+                let named = got.as_pathname().is_some_and(|p| {
+                    p.as_os_str()
+                        .to_string_lossy()
+                        .starts_with(&*want.to_string_lossy())
+                });
                 if !named {
                     return Err(format!(
                         "inherited fd {fd} is bound to {got:?}, not {}",

@@ -25,7 +25,7 @@ pub mod preview;
 pub mod proxy;
 pub mod rollout;
 pub mod routing;
+pub mod sd_notify;
 pub mod server;
 pub mod state;
-pub mod sd_notify;
 pub mod upgrade;

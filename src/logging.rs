@@ -30,10 +30,22 @@ pub fn to_stdout() {
     TO_STDOUT.store(true, Ordering::Relaxed);
 }
 
-fn writer() -> Box<dyn std::io::Write> {
+/// Where log lines go now: stderr, or stdout after [`to_stdout`].
+pub fn writer() -> Box<dyn std::io::Write> {
     if TO_STDOUT.load(Ordering::Relaxed) {
         Box::new(std::io::stdout())
     } else {
         Box::new(std::io::stderr())
+    }
+}
+
+/// A duplicate of the descriptor logs go to now: a process this one starts for an upgrade logs
+/// there once it has taken over (its stdout).
+pub fn dup_fd() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    if TO_STDOUT.load(Ordering::Relaxed) {
+        std::io::stdout().as_fd().try_clone_to_owned()
+    } else {
+        std::io::stderr().as_fd().try_clone_to_owned()
     }
 }

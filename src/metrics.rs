@@ -21,8 +21,8 @@ use pingora::server::{ListenFds, ShutdownWatch};
 
 use crate::config::{Config, POOL_COUNT};
 use crate::httpd::{self, HandOver};
-use crate::upgrade::HandedOver;
 use crate::routing::{PoolId, Switchboard};
+use crate::upgrade::HandedOver;
 
 /// Metric names, in one place (SPEC §5).
 pub mod names {

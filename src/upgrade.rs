@@ -146,6 +146,15 @@ impl HandedOver {
     }
 }
 
+/// Whether this process has handed its listening sockets to a new one. Process-wide, as the
+/// fact is: the proxy reads it per request (proxy.rs) to stop keeping connections alive.
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+
+/// See [`HANDED_OVER`].
+pub fn handed_over() -> bool {
+    HANDED_OVER.load(Ordering::Relaxed)
+}
+
 /// Watches pingora's execution phase for the hand-over.
 pub struct PhaseWatch {
     phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
@@ -153,7 +162,9 @@ pub struct PhaseWatch {
 }
 
 impl PhaseWatch {
-    pub fn new(phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) -> (PhaseWatch, HandedOver) {
+    pub fn new(
+        phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    ) -> (PhaseWatch, HandedOver) {
         let (tx, rx) = watch::channel(false);
         (
             PhaseWatch {
@@ -178,6 +189,7 @@ impl BackgroundService for PhaseWatch {
                         "listening sockets handed over; the admin API and metrics are the new \
                          process's from now on; proxy connections are accepted here for 5 s more"
                     );
+                    HANDED_OVER.store(true, Ordering::Relaxed);
                     let _ = self.tx.send(true);
                     return;
                 }
@@ -214,7 +226,9 @@ pub struct Started {
 /// Why an upgrade did not happen. The old process serves on, unchanged, after every one.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("an upgrade is already in progress; wait for it (`switchyard ctl status` shows the pid)")]
+    #[error(
+        "an upgrade is already in progress; wait for it (`switchyard ctl status` shows the pid)"
+    )]
     InProgress,
     #[error(
         "upgrade is only available in a process started with `switchyard serve -c FILE` \
@@ -329,7 +343,11 @@ impl Upgrader {
         let version = version.lines().next().unwrap_or("").trim().to_string();
         let check = run_quietly(
             &binary,
-            &["check".as_ref(), "-c".as_ref(), self.config_path.as_os_str()],
+            &[
+                "check".as_ref(),
+                "-c".as_ref(),
+                self.config_path.as_os_str(),
+            ],
             deadline,
         )
         .await?;
@@ -391,9 +409,9 @@ impl Upgrader {
             )
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        // Its stdout is our stderr (the journal under systemd): where it logs once it has taken
-        // over, when the pipe below has no reader any more.
-        match std::io::stderr().as_fd_owned() {
+        // Its stdout is where we log (the journal under systemd): where it logs once it has
+        // taken over, when the pipe below has no reader any more.
+        match crate::logging::dup_fd() {
             Ok(fd) => {
                 cmd.stdout(std::process::Stdio::from(fd));
             }
@@ -402,12 +420,13 @@ impl Upgrader {
         // Its own process group: a Ctrl-C meant for the old process in a terminal must not stop
         // the new one.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = tokio::process::Command::from(cmd)
-            .spawn()
-            .map_err(|e| UpgradeError::Spawn {
-                binary: binary.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let mut child =
+            tokio::process::Command::from(cmd)
+                .spawn()
+                .map_err(|e| UpgradeError::Spawn {
+                    binary: binary.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
         let pid = child.id().unwrap_or(0);
         let output = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(stderr) = child.stderr.take() {
@@ -460,7 +479,11 @@ impl Upgrader {
     }
 
     fn check_keys(&self) -> Result<(), UpgradeError> {
-        if let Some(k) = self.keys.iter().find(|k| k.chars().any(char::is_whitespace)) {
+        if let Some(k) = self
+            .keys
+            .iter()
+            .find(|k| k.chars().any(char::is_whitespace))
+        {
             return Err(UpgradeError::Keys(format!(
                 "`{k}` contains whitespace, which pingora's fd hand-over cannot carry; move the \
                  socket to a path without spaces and restart"
@@ -478,18 +501,6 @@ impl Upgrader {
     }
 }
 
-/// Duplicates stderr as an owned fd.
-trait AsFdOwned {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd>;
-}
-
-impl AsFdOwned for std::io::Stderr {
-    fn as_fd_owned(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd;
-        self.as_fd().try_clone_to_owned()
-    }
-}
-
 /// Copies the new process's output to ours, line by line, keeping the last lines.
 async fn forward(
     stderr: tokio::process::ChildStderr,
@@ -500,7 +511,7 @@ async fn forward(
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let _ = writeln!(std::io::stderr().lock(), "[new process {pid}] {line}");
+        let _ = writeln!(crate::logging::writer(), "[new process {pid}] {line}");
         let mut k = keep.lock().unwrap_or_else(|p| p.into_inner());
         if k.len() == STDERR_LINES {
             k.pop_front();
@@ -653,7 +664,7 @@ pub async fn warm_up(
         live.iter().find_map(|&id| {
             let p = table.pool(id);
             let healthy = p.healthy_count();
-            (healthy < health.min_healthy).then(|| (p, healthy))
+            (healthy < health.min_healthy).then_some((p, healthy))
         })
     };
     let outcome = loop {

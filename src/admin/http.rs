@@ -140,7 +140,9 @@ impl pingora::services::Service for AdminService {
             let listener = match endpoint.open(fds.as_ref()) {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::error!("ADMIN API UNAVAILABLE: {e}; restart switchyard to get it back");
+                    tracing::error!(
+                        "ADMIN API UNAVAILABLE: {e}; restart switchyard to get it back"
+                    );
                     continue;
                 }
             };
