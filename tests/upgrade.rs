@@ -62,6 +62,8 @@ struct Fixture {
     first_pid: u32,
     /// The process serving now (the last one started), stopped at the end.
     current: u32,
+    /// Stands in for systemd's `$NOTIFY_SOCKET`: what the processes tell systemd.
+    notify: tokio::net::UnixDatagram,
 }
 
 impl Fixture {
@@ -70,6 +72,8 @@ impl Fixture {
         let blue = Upstream::start("blue").await;
         let green = Upstream::start("green").await;
         let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap();
         let (port, mport) = (free_port(), free_port());
         let text = format!(
             "{FAST_HEALTH}[listen]\nhttp = [\"127.0.0.1:{port}\"]\n[admin]\nsocket = \
@@ -87,6 +91,7 @@ impl Fixture {
         let child = std::process::Command::new(BIN)
             .args(["serve", "-c"])
             .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -101,6 +106,7 @@ impl Fixture {
             green,
             dir,
             config,
+            notify,
         };
         let socket = f.socket.clone();
         wait_for("switchyard serve to be ready", READY_DEADLINE, || {
@@ -114,6 +120,16 @@ impl Fixture {
         })
         .await;
         f
+    }
+
+    /// The next message sent to the notify socket.
+    async fn notified(&self) -> String {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(READY_DEADLINE, self.notify.recv(&mut buf))
+            .await
+            .expect("a message on NOTIFY_SOCKET")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
     fn log(&self) -> String {
@@ -262,6 +278,7 @@ impl Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_upgrades_under_load_refuse_reset_and_fail_nothing() {
     let mut f = Fixture::start().await;
+    assert_eq!(f.notified().await, "READY=1\n", "systemd hears READY once ready");
     // A running canary, to carry over.
     let (code, _, err) = f.ctl(&["canary", "green", "10"]).await;
     assert_eq!(code, Some(0), "{err}");
@@ -353,6 +370,8 @@ async fn three_upgrades_under_load_refuse_reset_and_fail_nothing() {
         assert_eq!(answer["old_pid"].as_u64(), Some(old as u64));
         assert_ne!(new, old);
         f.current = new;
+        // systemd follows the new process.
+        assert_eq!(f.notified().await, format!("MAINPID={new}\nREADY=1\n"));
 
         // The routing state carried over: generation, the canary, the guard watching it.
         let st = status(&f.socket).await.unwrap();
