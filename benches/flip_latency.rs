@@ -72,7 +72,7 @@ fn main() {
     );
     let config = Config::parse(&toml, "bench").expect("config");
     let socket = config.admin.socket.clone();
-    let app = Switchyard::build(config, RunMode::embedded()).expect("build");
+    let app = Switchyard::build(config, None, RunMode::embedded()).expect("build");
     let stop = ShutdownTrigger::new();
     let trigger = stop.clone();
     let server = std::thread::spawn(move || app.run(trigger.run_args()));

@@ -68,7 +68,7 @@ fn switchboard(canary_bp: u32) -> Arc<Switchboard> {
         d = dir.path().display()
     );
     let config = Config::parse(&toml, "bench").expect("valid bench config");
-    let board = Switchyard::build(config, RunMode::embedded())
+    let board = Switchyard::build(config, None, RunMode::embedded())
         .expect("build")
         .switchboard();
     let generation = board.state().generation + 1;

@@ -22,7 +22,8 @@ fn board() -> Switchboard {
         canary_bp: 500,
         generation: 1,
     };
-    Switchboard::new(&config, state, 0x5eed)
+    let settings = switchyard::settings::ProxySettings::from_config(&config, None);
+    Switchboard::new(&config, state, 0x5eed, settings)
 }
 
 /// A `sy_uid` cookie value as the proxy mints them.

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchyard::config::Config;
 use switchyard::routing::{RouteState, Switchboard};
+use switchyard::settings::ProxySettings;
 
 fn config() -> Config {
     Config::parse(
@@ -16,6 +17,12 @@ fn config() -> Config {
         "bench",
     )
     .expect("valid bench config")
+}
+
+fn new_board() -> Switchboard {
+    let config = config();
+    let settings = ProxySettings::from_config(&config, None);
+    Switchboard::new(&config, state(0), 7, settings)
 }
 
 fn state(generation: u64) -> RouteState {
@@ -27,7 +34,7 @@ fn state(generation: u64) -> RouteState {
 }
 
 fn bench_swap(c: &mut Criterion) {
-    let board = Switchboard::new(&config(), state(0), 7);
+    let board = new_board();
     let mut g = 0u64;
     c.bench_function("swap: build + store a new table", |b| {
         b.iter(|| {
@@ -68,7 +75,7 @@ fn bench_swap(c: &mut Criterion) {
         })
     });
 
-    let board = Switchboard::new(&config(), state(0), 7);
+    let board = new_board();
     c.bench_function("request side: load the table", |b| {
         b.iter(|| black_box(board.load().state.canary_bp))
     });

@@ -106,17 +106,17 @@ fn serve(path: &std::path::Path, upgrade: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // `ctl upgrade` restarts from the same file, by its absolute path (the proxy's working
-    // directory is not the operator's).
+    // Reload re-reads, and `ctl upgrade` restarts from, the same file, by its absolute path
+    // (the proxy's working directory is not the operator's).
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mode = RunMode {
-        config_path: Some(path),
         hand_over: Some(signals.hand_over_trigger()),
         upgrade,
         ..RunMode::process()
     };
-    match Switchyard::build(config, mode) {
-        Ok(app) => {
+    match Switchyard::build(config, Some(path), mode) {
+        Ok(mut app) => {
+            app.reload_on(&signals);
             app.run(signals.run_args());
             ExitCode::SUCCESS
         }
@@ -159,7 +159,7 @@ fn run_demo(listen: &str, metrics: &str) -> ExitCode {
         }
     };
     let banner = demo::banner(listen, &config.admin.socket, &backends.pools);
-    let mut app = match Switchyard::build(config, RunMode::process()) {
+    let mut app = match Switchyard::build(config, None, RunMode::process()) {
         Ok(app) => app,
         Err(e) => {
             tracing::error!("{e}");

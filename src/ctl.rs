@@ -102,8 +102,21 @@ pub enum Verb {
         #[arg(short = 'n', default_value_t = 20)]
         n: usize,
     },
-    /// Re-read the configuration file.
-    Reload,
+    /// Re-read the configuration file and apply what changed, in place; prints what changed.
+    /// Refused (exit 1, nothing changed) when the file has errors, changes a key that needs a
+    /// restart, or would leave a pool that serves traffic short of healthy backends.
+    Reload {
+        /// Why, for the history and the team.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Wait until POOL (default: every pool that gets traffic) has `health.min_healthy` healthy
+    /// backends. Exit 0 when ready, 1 on timeout.
+    WaitReady {
+        pool: Option<String>,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Print a signed cookie that lets a browser preview POOL (needs routing.preview_token_file).
     PreviewCookie { pool: String },
     /// Watch both colours side by side, refreshed every second: rate, errors, p50/p99,
@@ -149,6 +162,10 @@ pub struct ChangeArgs {
     /// Refuse unless the state is still at this generation.
     #[arg(long)]
     pub if_generation: Option<u64>,
+    /// flip, canary, rollout: wait up to this long for the target pool to be ready instead of
+    /// being refused because it is not (yet).
+    #[arg(long, value_parser = parse_duration)]
+    pub wait_ready: Option<Duration>,
 }
 
 impl ChangeArgs {
@@ -209,6 +226,16 @@ async fn execute(args: &CtlArgs) -> Result<String, Failure> {
         Verb::Upgrade { binary, timeout } => {
             return upgrade(args, binary.as_deref(), *timeout).await
         }
+        Verb::WaitReady { pool, timeout } => {
+            return wait_ready(args, pool.as_deref(), *timeout).await
+        }
+        Verb::Flip { pool, change }
+        | Verb::Canary { pool, change, .. }
+        | Verb::Rollout { pool, change, .. } => {
+            if let Some(within) = change.wait_ready {
+                wait_ready(args, Some(pool), within).await?;
+            }
+        }
         _ => {}
     }
     let (method, path, body) = request_for(&args.verb)?;
@@ -254,11 +281,12 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
         Verb::Resume { reason } => post("/v1/rollout/resume", json!({ "reason": reason })),
         Verb::Abort { reason } => post("/v1/rollout/abort", json!({ "reason": reason })),
         Verb::History { n } => ("GET", format!("/v1/history?limit={n}"), None),
-        Verb::Reload => post("/v1/reload", json!({})),
+        Verb::Reload { reason } => post("/v1/reload", json!({ "reason": reason })),
         Verb::PreviewCookie { pool } => post("/v1/preview-cookie", json!({ "pool": pool })),
-        Verb::Watch { .. } | Verb::WaitDrained { .. } | Verb::Upgrade { .. } => {
-            ("GET", "/v1/status".into(), None)
-        }
+        Verb::Watch { .. }
+        | Verb::WaitDrained { .. }
+        | Verb::WaitReady { .. }
+        | Verb::Upgrade { .. } => ("GET", "/v1/status".into(), None),
     })
 }
 
@@ -380,7 +408,11 @@ async fn call_within(
         let message = if args.json {
             serde_json::to_string_pretty(&answer).unwrap_or_default()
         } else {
-            format!("refused ({status} {code}): {msg}")
+            let mut m = format!("refused ({status} {code}): {msg}");
+            for e in answer["errors"].as_array().into_iter().flatten() {
+                m.push_str(&format!("\n  {}", e.as_str().unwrap_or("?")));
+            }
+            m
         };
         return Err(Failure { code: 1, message });
     }
@@ -417,16 +449,74 @@ fn render(verb: &Verb, a: &Value) -> String {
     match verb {
         Verb::Status => render_status(a),
         Verb::History { .. } => render_history(a),
-        Verb::Reload => "configuration reloaded".into(),
+        Verb::Reload { .. } => render_reload(a),
         Verb::PreviewCookie { pool } => format!(
             "{cookie}\n\nRequests carrying this cookie go to {pool} whatever the weights. In the \
              browser's console on your site:\n  document.cookie = \"{cookie}; path=/\"\nWith curl: \
              curl -b '{cookie}' ...\nDelete the cookie to leave the preview.",
             cookie = s(&a["cookie"])
         ),
-        Verb::Watch { .. } | Verb::WaitDrained { .. } => render_status(a),
+        Verb::Watch { .. } | Verb::WaitDrained { .. } | Verb::WaitReady { .. } => render_status(a),
         _ => render_change(a),
     }
+}
+
+/// `ctl reload`: what changed, one line per pool and setting.
+fn render_reload(a: &Value) -> String {
+    if a["changed"] != json!(true) {
+        return format!("configuration reloaded: {}", s(&a["summary"]));
+    }
+    let mut out = format!(
+        "configuration reloaded in {} µs: {}",
+        a["applied_us"].as_u64().unwrap_or(0),
+        s(&a["summary"])
+    );
+    for (pool, m) in a["pools"].as_object().into_iter().flatten() {
+        let list = |k: &str| {
+            m[k].as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| s(v).to_string())
+                .collect::<Vec<_>>()
+        };
+        let (added, removed) = (list("added"), list("removed"));
+        if !added.is_empty() {
+            out.push_str(&format!(
+                "\n  {pool}: added {} (new backends take traffic once healthy)",
+                added.join(", ")
+            ));
+        }
+        if !removed.is_empty() {
+            out.push_str(&format!(
+                "\n  {pool}: removed {} (no new requests; requests in flight finish)",
+                removed.join(", ")
+            ));
+        }
+    }
+    for set in a["settings"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  {}: {} → {}",
+            s(&set["key"]),
+            s(&set["from"]),
+            s(&set["to"])
+        ));
+    }
+    let checked: Vec<&str> = a["checked_first"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    if !checked.is_empty() {
+        out.push_str(&format!(
+            "\n  checked before the swap: {}",
+            checked.join(", ")
+        ));
+    }
+    if let Some(w) = a["warning"].as_str() {
+        out.push_str(&format!("\nwarning: {w}"));
+    }
+    out
 }
 
 fn routing_line(a: &Value) -> String {
@@ -603,13 +693,21 @@ fn render_history(a: &Value) -> String {
     entries
         .iter()
         .map(|e| {
+            // A reload leaves the routing as it was: its line says what it changed instead.
+            let what = if e["action"] == "reload" {
+                let summary = s(&e["detail"]["summary"]);
+                match s(&e["result"]) {
+                    "ok" => format!("config: {summary}"),
+                    code => format!("REFUSED ({code}), nothing changed: {summary}"),
+                }
+            } else {
+                format!("{} -> {}", s(&e["from"]), s(&e["to"]))
+            };
             let mut line = format!(
-                "{}  gen {:<4} {:<9} {} -> {}  by {}",
+                "{}  gen {:<4} {:<9} {what}  by {}",
                 s(&e["ts"]),
                 e["generation"].as_u64().unwrap_or(0),
                 s(&e["action"]),
-                s(&e["from"]),
-                s(&e["to"]),
                 s(&e["actor"]),
             );
             if e["forced"] == Value::Bool(true) {
@@ -618,7 +716,12 @@ fn render_history(a: &Value) -> String {
             if e["trigger"] == "guard" {
                 line.push_str("  [GUARD]");
             }
-            for key in ["step", "summary"] {
+            let keys: &[&str] = if e["action"] == "reload" {
+                &[]
+            } else {
+                &["step", "summary"]
+            };
+            for key in keys {
                 if let Some(d) = e["detail"][key].as_str() {
                     line.push_str(&format!("  ({d})"));
                 }
@@ -734,6 +837,67 @@ fn render_watch(a: &Value) -> String {
         "\n(rate, errors and latency over the last {window} s)"
     ));
     out
+}
+
+/// How often `wait-ready` looks.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// `ctl wait-ready [POOL]`: exit 0 once POOL (default: every pool that gets traffic) is ready.
+async fn wait_ready(
+    args: &CtlArgs,
+    pool: Option<&str>,
+    timeout: Duration,
+) -> Result<String, Failure> {
+    let start = std::time::Instant::now();
+    loop {
+        let a = status(args).await?;
+        let pools = a["pools"].as_object().cloned().unwrap_or_default();
+        let wanted: Vec<(String, Value)> = match pool {
+            Some(p) => match pools.get(p) {
+                Some(v) => vec![(p.to_string(), v.clone())],
+                None => {
+                    let known: Vec<&String> = pools.keys().collect();
+                    return Err(usage(format!(
+                        "error: unknown pool `{p}`; the pools are {known:?}"
+                    )));
+                }
+            },
+            None => pools
+                .into_iter()
+                .filter(|(_, v)| v["weight_bp"].as_u64().unwrap_or(0) > 0)
+                .collect(),
+        };
+        let short: Vec<String> = wanted
+            .iter()
+            .filter(|(_, v)| v["ready"] != json!(true))
+            .map(|(n, v)| {
+                format!(
+                    "{n} has {} of {} backends healthy",
+                    v["healthy"].as_u64().unwrap_or(0),
+                    v["backends"].as_array().map_or(0, Vec::len)
+                )
+            })
+            .collect();
+        if short.is_empty() {
+            let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+            return Ok(if args.json {
+                serde_json::to_string_pretty(&json!({"ready": names})).unwrap_or_default()
+            } else {
+                format!("ready: {}", names.join(", "))
+            });
+        }
+        if start.elapsed() >= timeout {
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "not ready within {timeout:?}: {}; check the backends' health endpoints \
+                     (`switchyard ctl status` shows each backend)",
+                    short.join("; ")
+                ),
+            });
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
 }
 
 /// How often `wait-drained` looks, and how long a pool must stay quiet to count as drained.

@@ -281,6 +281,12 @@ impl Metrics {
         self.changes.with_label_values(&[action]).inc();
     }
 
+    /// Counts a configuration reload by result (`ok`: applied or nothing to apply; `error`: a
+    /// bad file, or a change refused).
+    pub fn record_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
     pub fn record_rollback(&self, trigger: &str) {
         self.rollbacks.with_label_values(&[trigger]).inc();
     }
@@ -299,6 +305,8 @@ impl Metrics {
     pub fn render(&self, switchboard: &Switchboard) -> Vec<u8> {
         let table = switchboard.load();
         let st = table.state;
+        // Members come and go with reloads: a removed backend's series must disappear.
+        self.backend_healthy.reset();
         for (id, pool) in table.pools.iter().enumerate() {
             let name = &self.pool_names[id];
             self.inflight

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -79,6 +80,19 @@ impl Event {
                     .unwrap_or_default()
             ),
             "rollback" => format!("rolled back: {} (was {})", e.to, e.from),
+            "reload" => {
+                let summary = e
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d.get("summary"))
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("");
+                if e.result == "ok" {
+                    format!(":gear: configuration reloaded: {summary}; {} is live", e.to)
+                } else {
+                    format!(":warning: configuration reload refused, nothing changed: {summary}")
+                }
+            }
             "rollout" => format!(
                 "rollout{}: {} (was {})",
                 e.detail
@@ -125,42 +139,47 @@ fn hostname() -> String {
 /// The sending side, held by the admin handler.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: Option<mpsc::Sender<Event>>,
+    tx: mpsc::Sender<Event>,
+    /// The webhooks in force; a reload replaces them, and the next event goes to the new ones.
+    hooks: Arc<ArcSwap<Vec<WebhookConfig>>>,
     metrics: Arc<Metrics>,
     /// Events queued or being delivered; shutdown waits (briefly) for this to reach zero.
     pending: Arc<AtomicUsize>,
 }
 
 impl Notifier {
-    /// A notifier for `hooks`, and the background service that delivers for it.
-    pub fn new(hooks: Vec<WebhookConfig>, metrics: Arc<Metrics>) -> (Notifier, Option<Delivery>) {
+    /// A notifier for `hooks`, and the background service that delivers for it (it idles while
+    /// there are no hooks: a reload may add some).
+    pub fn new(hooks: Vec<WebhookConfig>, metrics: Arc<Metrics>) -> (Notifier, Delivery) {
         let pending = Arc::new(AtomicUsize::new(0));
-        if hooks.is_empty() {
-            let n = Notifier {
-                tx: None,
-                metrics,
-                pending,
-            };
-            return (n, None);
-        }
+        let hooks = Arc::new(ArcSwap::from_pointee(hooks));
         let (tx, rx) = mpsc::channel(QUEUE);
         let delivery = Delivery {
-            hooks,
+            hooks: hooks.clone(),
             rx: Mutex::new(Some(rx)),
             metrics: metrics.clone(),
             pending: pending.clone(),
         };
         let n = Notifier {
-            tx: Some(tx),
+            tx,
+            hooks,
             metrics,
             pending,
         };
-        (n, Some(delivery))
+        (n, delivery)
+    }
+
+    /// Replaces the webhooks (a reload). Events already queued go to the new ones.
+    pub fn set_hooks(&self, hooks: Vec<WebhookConfig>) {
+        self.hooks.store(Arc::new(hooks));
     }
 
     /// Queues `event` for delivery; never blocks.
     pub fn send(&self, event: Event) {
-        let Some(tx) = &self.tx else { return };
+        if self.hooks.load().is_empty() {
+            return;
+        }
+        let tx = &self.tx;
         self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = tx.try_send(event) {
             self.pending.fetch_sub(1, Ordering::SeqCst);
@@ -177,7 +196,7 @@ impl Notifier {
 
 /// The background task that delivers queued events.
 pub struct Delivery {
-    hooks: Vec<WebhookConfig>,
+    hooks: Arc<ArcSwap<Vec<WebhookConfig>>>,
     rx: Mutex<Option<mpsc::Receiver<Event>>>,
     metrics: Arc<Metrics>,
     pending: Arc<AtomicUsize>,
@@ -209,7 +228,8 @@ impl BackgroundService for Delivery {
             // Hooks are served concurrently, so one that hangs does not hold up the others;
             // events are delivered in order (the next waits for this one's attempts).
             let mut sends = tokio::task::JoinSet::new();
-            for hook in self.hooks.iter().filter(|h| event.matches(&h.events)) {
+            let hooks = self.hooks.load_full();
+            for hook in hooks.iter().filter(|h| event.matches(&h.events)) {
                 let (client, hook, event, metrics) = (
                     client.clone(),
                     hook.clone(),

@@ -4,14 +4,21 @@
 //! check has run (reliability-anchors B8), which is exactly the flip-to-an-unchecked-pool failure
 //! this product exists to prevent. A pool here is a fixed list of backends, each with an atomic
 //! health flag, and an atomic round-robin cursor: selection is a few relaxed atomic operations and
-//! takes no lock.
+//! takes no lock. Membership changes (a reload) build a new `Pool` that shares the backends it
+//! keeps, so health survives them; the routing table swaps the new pools in atomically.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::config::{Config, POOL_COUNT};
 
 /// One upstream server.
+///
+/// Shared by `Arc` between routing-table versions: a reload that keeps an address keeps the same
+/// `Backend`, so its health (and the health checker's task, with its rise/fall progress) carries
+/// over, and requests still running on an old table see the same flag.
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
@@ -20,6 +27,13 @@ pub struct Backend {
 }
 
 impl Backend {
+    pub fn new(addr: SocketAddr, healthy: bool) -> Backend {
+        Backend {
+            addr,
+            healthy: AtomicBool::new(healthy),
+        }
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -29,15 +43,22 @@ impl Backend {
     }
 }
 
-/// A named set of backends: one colour.
-#[derive(Debug)]
-pub struct Pool {
-    pub name: String,
-    pub backends: Vec<Backend>,
+/// What a pool keeps across membership changes: its round-robin cursor and its in-flight count.
+#[derive(Debug, Default)]
+struct Counters {
     /// Round-robin cursor; wraps harmlessly.
     next: AtomicUsize,
     /// Requests routed to this pool that have not finished yet.
     inflight: AtomicUsize,
+}
+
+/// A named set of backends: one colour. Immutable once built; a membership change builds a new
+/// `Pool` with [`Pool::with_members`] that shares the kept backends and the counters.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub backends: Vec<Arc<Backend>>,
+    counters: Arc<Counters>,
 }
 
 impl Pool {
@@ -47,13 +68,9 @@ impl Pool {
             name: name.to_string(),
             backends: addrs
                 .iter()
-                .map(|&addr| Backend {
-                    addr,
-                    healthy: AtomicBool::new(true),
-                })
+                .map(|&addr| Arc::new(Backend::new(addr, true)))
                 .collect(),
-            next: AtomicUsize::new(0),
-            inflight: AtomicUsize::new(0),
+            counters: Arc::default(),
         }
     }
 
@@ -72,6 +89,36 @@ impl Pool {
         pools
     }
 
+    /// This pool with the backends `addrs`, in that order: an address it already has keeps its
+    /// `Backend` (health and all); one in `ready` (checked before the change) takes that one;
+    /// any other is new and starts healthy only when `new_healthy` (health checks off).
+    pub fn with_members(
+        &self,
+        addrs: &[SocketAddr],
+        ready: &HashMap<SocketAddr, Arc<Backend>>,
+        new_healthy: bool,
+    ) -> Pool {
+        let backends = addrs
+            .iter()
+            .map(|addr| {
+                self.backend(*addr)
+                    .or_else(|| ready.get(addr))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(*addr, new_healthy)))
+            })
+            .collect();
+        Pool {
+            name: self.name.clone(),
+            backends,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// The backend at `addr`, if it is a member.
+    pub fn backend(&self, addr: SocketAddr) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.addr == addr)
+    }
+
     /// Picks the next healthy backend in round-robin order, skipping `avoid` (a backend that just
     /// failed to connect) when another healthy one exists. `None` when no backend is healthy.
     pub fn select(&self, avoid: Option<usize>) -> Option<usize> {
@@ -79,7 +126,7 @@ impl Pool {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.counters.next.fetch_add(1, Ordering::Relaxed);
         let mut fallback = None;
         for i in 0..n {
             let idx = (start + i) % n;
@@ -97,16 +144,16 @@ impl Pool {
 
     /// Requests routed to this pool that have not finished.
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
+        self.counters.inflight.load(Ordering::Relaxed)
     }
 
     /// Counts a request in; the matching [`Pool::end_request`] counts it out.
     pub fn begin_request(&self) {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.counters.inflight.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn end_request(&self) {
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.counters.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// How many backends are healthy now.
@@ -156,5 +203,31 @@ mod tests {
         }
         let single = Pool::new("green", &addrs(1));
         assert_eq!(single.select(Some(0)), Some(0));
+    }
+
+    #[test]
+    fn new_members_keep_what_stays_and_start_what_is_new() {
+        let pool = Pool::new("green", &addrs(3));
+        pool.backends[0].set_healthy(false);
+        pool.begin_request();
+        let a = addrs(5);
+        let checked = Arc::new(Backend::new(a[4], true));
+        let ready = HashMap::from([(a[4], checked.clone())]);
+        let next = pool.with_members(&[a[2], a[0], a[3], a[4]], &ready, false);
+        assert!(Arc::ptr_eq(&next.backends[0], &pool.backends[2]));
+        assert!(Arc::ptr_eq(&next.backends[1], &pool.backends[0]));
+        assert!(
+            !next.backends[1].is_healthy(),
+            "a kept backend keeps its health"
+        );
+        assert!(
+            !next.backends[2].is_healthy(),
+            "a new backend starts unhealthy"
+        );
+        assert!(Arc::ptr_eq(&next.backends[3], &checked));
+        assert!(next.backend(a[1]).is_none(), "a removed backend is gone");
+        assert_eq!(next.inflight(), 1, "the in-flight count is shared");
+        next.end_request();
+        assert_eq!(pool.inflight(), 0);
     }
 }

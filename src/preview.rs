@@ -43,6 +43,14 @@ impl std::fmt::Debug for PreviewKey {
     }
 }
 
+/// Two keys are equal when their tokens are: a reload compares them to tell whether the token
+/// file was rotated (which invalidates every preview cookie).
+impl PartialEq for PreviewKey {
+    fn eq(&self, other: &PreviewKey) -> bool {
+        bool::from(self.token.as_slice().ct_eq(&other.token))
+    }
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 impl PreviewKey {

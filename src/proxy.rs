@@ -15,10 +15,10 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Config, Sticky, UpstreamConfig, MAX_BP};
+use crate::config::{Sticky, MAX_BP};
 use crate::forwarding;
 use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::preview::{self, PreviewKey, PREVIEW_COOKIE};
+use crate::preview::{self, PREVIEW_COOKIE};
 use crate::routing::{other, PoolId, RoutingTable, Switchboard};
 
 /// Response header naming the pool that served the request; request header for preview routing.
@@ -26,33 +26,6 @@ pub const POOL_HEADER: &str = "x-switchyard-pool";
 
 /// Request header carrying the preview token.
 pub const PREVIEW_TOKEN_HEADER: &str = "x-switchyard-preview-token";
-
-/// What the proxy needs from the configuration, fixed at start-up.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    pub response_header: bool,
-    pub access_log: bool,
-    pub upstream: UpstreamConfig,
-    pub sticky: Sticky,
-    /// The preview secret, when `routing.preview_token_file` is set.
-    pub preview: Option<PreviewKey>,
-    /// `[listen] trusted_proxies`.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-impl ProxySettings {
-    /// Settings from `config`; `preview` is the loaded preview token, if configured.
-    pub fn from_config(config: &Config, preview: Option<PreviewKey>) -> ProxySettings {
-        ProxySettings {
-            response_header: config.routing.response_header,
-            access_log: config.log.access,
-            upstream: config.upstream.clone(),
-            sticky: config.routing.sticky.clone(),
-            preview,
-            trusted_proxies: config.trusted_proxies.clone(),
-        }
-    }
-}
 
 /// The cookie that keeps a browser on one colour during a canary.
 pub const STICKY_COOKIE: &str = "sy_uid";
@@ -67,28 +40,24 @@ fn valid_uid(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
 }
 
-/// The proxy: stateless apart from the shared, lock-free [`Switchboard`].
+/// The proxy: stateless apart from the shared, lock-free [`Switchboard`], whose table also holds
+/// the settings a request reads ([`crate::settings`]), so a reload changes them atomically.
 pub struct Proxy {
     switchboard: Arc<Switchboard>,
     metrics: Arc<Metrics>,
-    settings: ProxySettings,
-    /// `x-switchyard-pool` values, built once rather than per response.
+    /// `x-switchyard-pool` values, built once rather than per response (pool names never change
+    /// without a restart).
     pool_header_values: [HeaderValue; 2],
 }
 
 impl Proxy {
-    pub fn new(
-        switchboard: Arc<Switchboard>,
-        metrics: Arc<Metrics>,
-        settings: ProxySettings,
-    ) -> Proxy {
+    pub fn new(switchboard: Arc<Switchboard>, metrics: Arc<Metrics>) -> Proxy {
         let names = switchboard.pool_names();
         let value = |n: &str| HeaderValue::from_str(n).expect("pool names are valid header values");
         Proxy {
             pool_header_values: [value(&names[0]), value(&names[1])],
             switchboard,
             metrics,
-            settings,
         }
     }
 }
@@ -99,7 +68,7 @@ impl Proxy {
     fn preview_pool(&self, session: &Session, table: &RoutingTable) -> Option<PoolId> {
         let headers = &session.req_header().headers;
         let asked = headers.get(POOL_HEADER);
-        if let Some(key) = &self.settings.preview {
+        if let Some(key) = &table.settings.preview {
             if let Some(name) = asked {
                 let token = headers
                     .get(PREVIEW_TOKEN_HEADER)
@@ -141,7 +110,7 @@ impl Proxy {
             return table.pool_for_key(None);
         }
         let headers = &session.req_header().headers;
-        match &self.settings.sticky {
+        match &table.settings.sticky {
             Sticky::None => table.pool_for_key(None),
             Sticky::Header(name) => table.pool_for_key(headers.get(name).map(|v| v.as_bytes())),
             Sticky::Ip => match client_ip(session) {
@@ -393,7 +362,7 @@ impl ProxyHttp for Proxy {
         };
         ctx.backend = Some(idx);
         let mut peer = HttpPeer::new(pool.backends[idx].addr, false, String::new());
-        let up = &self.settings.upstream;
+        let up = &route.table.settings.upstream;
         let opts = &mut peer.options;
         opts.connection_timeout = Some(up.connect_timeout);
         opts.total_connection_timeout = Some(up.connect_timeout);
@@ -435,14 +404,17 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let client = client_ip(session);
         let trusted = client.is_some_and(|ip| {
-            self.settings
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&ip))
+            ctx.route.as_ref().is_some_and(|r| {
+                r.table
+                    .settings
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| net.contains(&ip))
+            })
         });
         forwarding::upstream_request(upstream_request, client, trusted)
     }
@@ -453,8 +425,8 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if self.settings.response_header {
-            if let Some(route) = &ctx.route {
+        if let Some(route) = &ctx.route {
+            if route.table.settings.response_header {
                 forwarding::mark_response(upstream_response, &self.pool_header_values[route.pool])?;
             }
         }
@@ -509,7 +481,11 @@ impl ProxyHttp for Proxy {
             let failed = upstream_error.is_some();
             self.metrics.record_request(r.pool, status, elapsed, failed);
         }
-        if !self.settings.access_log {
+        let access_log = match &ctx.route {
+            Some(r) => r.table.settings.access_log,
+            None => self.switchboard.load().settings.access_log,
+        };
+        if !access_log {
             return;
         }
         let (pool, backend) = match &ctx.route {

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, MAX_BP, POOL_COUNT};
 use crate::pools::Pool;
+use crate::settings::ProxySettings;
 
 /// Index of a pool in the configuration (`0` or `1`; pools are sorted by name).
 pub type PoolId = usize;
@@ -53,8 +54,11 @@ pub struct RoutingTable {
     /// Seed of the sticky-key hash; fixed for the life of the state file.
     pub salt: u64,
     /// The two pools. Shared between table versions: a flip does not rebuild them, so backend
-    /// health and round-robin positions carry over.
+    /// health and round-robin positions carry over. A reload builds new ones that share the
+    /// backends they keep.
     pub pools: Arc<[Pool; POOL_COUNT]>,
+    /// What the request path reads from the configuration, swapped with the pools by a reload.
+    pub settings: Arc<ProxySettings>,
 }
 
 impl RoutingTable {
@@ -126,10 +130,20 @@ pub struct Switchboard {
 
 impl Switchboard {
     /// Builds the pools from `config` and starts in `state`, hashing sticky keys with `salt`.
-    pub fn new(config: &Config, state: RouteState, salt: u64) -> Switchboard {
+    pub fn new(
+        config: &Config,
+        state: RouteState,
+        salt: u64,
+        settings: ProxySettings,
+    ) -> Switchboard {
         let pools = Arc::new(Pool::from_config(config));
         Switchboard {
-            table: ArcSwap::from_pointee(RoutingTable { state, salt, pools }),
+            table: ArcSwap::from_pointee(RoutingTable {
+                state,
+                salt,
+                pools,
+                settings: Arc::new(settings),
+            }),
         }
     }
 
@@ -159,8 +173,21 @@ impl Switchboard {
             state,
             salt: current.salt,
             pools: current.pools.clone(),
+            settings: current.settings.clone(),
         }));
         old
+    }
+
+    /// Replaces the pools and the request settings in one atomic store, keeping the routing
+    /// state (a reload). Same rules as [`Switchboard::store_state`]: callers serialise writes.
+    pub fn store_config(&self, pools: [Pool; POOL_COUNT], settings: ProxySettings) {
+        let current = self.table.load_full();
+        self.table.store(Arc::new(RoutingTable {
+            state: current.state,
+            salt: current.salt,
+            pools: Arc::new(pools),
+            settings: Arc::new(settings),
+        }));
     }
 
     /// The names of the two pools.
@@ -188,6 +215,15 @@ mod tests {
             },
             salt: 42,
             pools,
+            settings: Arc::new(ProxySettings::from_config(
+                &Config::parse(
+                    "[pools.blue]\nbackends = [\"127.0.0.1:1\"]\n\
+                     [pools.green]\nbackends = [\"127.0.0.1:2\"]\n",
+                    "t",
+                )
+                .unwrap(),
+                None,
+            )),
         }
     }
 

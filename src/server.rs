@@ -18,15 +18,15 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminParts};
 use crate::config::Config;
 use crate::guard::GuardService;
-use crate::health::HealthChecker;
+use crate::health::{HealthChecker, HealthControl};
 use crate::httpd::{HandOver, Kind, Listener, UnixBindError};
 use crate::metrics::{Metrics, MetricsService};
 use crate::notify::Notifier;
 use crate::preview::{PreviewError, PreviewKey};
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::Proxy;
 use crate::routing::Switchboard;
 use crate::state::StoreError;
 use crate::upgrade::{HandOverTrigger, NotWarm, PhaseWatch, Upgrader};
@@ -87,11 +87,9 @@ pub struct RunMode {
     /// Check shortly after start that every proxy listener accepts connections, and exit(1) if
     /// one does not. Only for a process of its own.
     pub probe_listeners: bool,
-    /// The config file this process was started from: `ctl upgrade` starts the new binary
-    /// with it. `None` (embedded): upgrade is unavailable.
-    pub config_path: Option<PathBuf>,
     /// How `ctl upgrade` makes the signal watch hand the sockets over
-    /// ([`ProcessSignals::hand_over_trigger`]).
+    /// ([`ProcessSignals::hand_over_trigger`]); with the config file's path, it makes upgrades
+    /// available. `None` (embedded, demo): `POST /v1/upgrade` answers 501.
     pub hand_over: Option<HandOverTrigger>,
     /// This is the new process of an upgrade (`serve --upgrade`): take the listening sockets
     /// from the old one instead of binding them, after warming the backends up (upgrade.rs).
@@ -104,7 +102,6 @@ impl RunMode {
         RunMode {
             exit_when_drained: true,
             probe_listeners: true,
-            config_path: None,
             hand_over: None,
             upgrade: false,
         }
@@ -115,7 +112,6 @@ impl RunMode {
         RunMode {
             exit_when_drained: false,
             probe_listeners: false,
-            config_path: None,
             hand_over: None,
             upgrade: false,
         }
@@ -126,12 +122,19 @@ impl RunMode {
 pub struct Switchyard {
     server: Server,
     switchboard: Arc<Switchboard>,
+    admin: Arc<Admin>,
     config: Arc<Config>,
 }
 
 impl Switchyard {
     /// Checks the environment and builds every service. Nothing listens until [`Switchyard::run`].
-    pub fn build(config: Config, mode: RunMode) -> Result<Switchyard, StartError> {
+    /// `config_path` is the file `config` came from, which a reload re-reads (`None` for a
+    /// built-in configuration, which cannot be reloaded).
+    pub fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+        mode: RunMode,
+    ) -> Result<Switchyard, StartError> {
         // In an upgrade every listening socket comes from the old process (upgrade.rs): none is
         // bound, or checked by binding, here.
         let fresh = !mode.upgrade;
@@ -182,8 +185,17 @@ impl Switchyard {
             None => None,
         };
         let (notifier, delivery) = Notifier::new(config.notify.clone(), metrics.clone());
-        let (switchboard, admin) =
-            Admin::start(&config, metrics.clone(), preview.clone(), notifier.clone())?;
+        let health = HealthControl::new(config.health.clone());
+        let (switchboard, admin) = Admin::start(
+            &config,
+            AdminParts {
+                metrics: metrics.clone(),
+                preview,
+                notifier: notifier.clone(),
+                health: health.clone(),
+                config_path: config_path.clone(),
+            },
+        )?;
         let admin = Arc::new(admin);
 
         let mut conf = ServerConf {
@@ -235,11 +247,7 @@ impl Switchyard {
         let (phase_watch, handed_over) = PhaseWatch::new(server.watch_execution_phase());
         add_background(&mut server, "upgrade phase", phase_watch);
 
-        let proxy = Proxy::new(
-            switchboard.clone(),
-            metrics.clone(),
-            ProxySettings::from_config(&config, preview),
-        );
+        let proxy = Proxy::new(switchboard.clone(), metrics.clone());
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
         if let Some(app) = proxy_service.app_logic_mut() {
@@ -255,7 +263,7 @@ impl Switchyard {
             proxy_service.endpoints().add_listener(listener);
         }
         server.add_service(proxy_service);
-        let upgrader = match (&mode.config_path, &mode.hand_over) {
+        let upgrader = match (&config_path, &mode.hand_over) {
             (Some(path), Some(trigger)) => {
                 let mut keys: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
                 keys.extend(admin_endpoints.iter().map(|(e, _)| e.key().to_string()));
@@ -276,14 +284,10 @@ impl Switchyard {
             handed_over.clone(),
             upgrader,
         ));
-        add_background(&mut server, "guard", GuardService::new(admin));
-        if let Some(delivery) = delivery {
-            add_background(&mut server, "notifications", delivery);
-        }
-        if config.health.enabled {
-            let checker = HealthChecker::new(switchboard.clone(), config.health.clone());
-            add_background(&mut server, "health checks", checker);
-        }
+        add_background(&mut server, "guard", GuardService::new(admin.clone()));
+        add_background(&mut server, "notifications", delivery);
+        let checker = HealthChecker::new(switchboard.clone(), health);
+        add_background(&mut server, "health checks", checker);
         if let Some(endpoint) = metrics_endpoint {
             server.add_service(MetricsService::new(
                 metrics.clone(),
@@ -317,8 +321,23 @@ impl Switchyard {
         Ok(Switchyard {
             server,
             switchboard,
+            admin,
             config: Arc::new(config),
         })
+    }
+
+    /// The admin handler (changes, reloads, status).
+    pub fn admin(&self) -> Arc<Admin> {
+        self.admin.clone()
+    }
+
+    /// Reloads the configuration whenever `signals` receives SIGHUP.
+    pub fn reload_on(&mut self, signals: &ProcessSignals) {
+        let reloader = SighupReload {
+            admin: self.admin.clone(),
+            hup: signals.hup.clone(),
+        };
+        self.add_background("SIGHUP reload", reloader);
     }
 
     /// The routing state shared by the proxy and the admin API.
@@ -366,6 +385,9 @@ impl Switchyard {
 pub struct ProcessSignals {
     rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Stop>>,
     tx: tokio::sync::mpsc::UnboundedSender<Stop>,
+    /// SIGHUP: reload the configuration. A permit is kept until the reloader takes it, so a
+    /// SIGHUP during start-up is acted on once the server runs (and several in a row are one).
+    hup: Arc<tokio::sync::Notify>,
 }
 
 /// What ends the server: a signal, or `ctl upgrade` handing the sockets over.
@@ -376,8 +398,9 @@ enum Stop {
 }
 
 impl ProcessSignals {
-    /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown), SIGQUIT and SIGHUP
-    /// (logged: reload is not available yet, and its default action would kill the process).
+    /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown), SIGQUIT (graceful
+    /// shutdown too) and SIGHUP (reload the configuration, see [`Switchyard::reload_on`]; its
+    /// default action would kill the process).
     ///
     /// SIGQUIT, pingora's upgrade signal, stays a graceful *terminate*: pingora hands the sockets
     /// over on it whether or not a new process is waiting for them, and then stops accepting,
@@ -389,16 +412,14 @@ impl ProcessSignals {
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let upgrade_tx = tx.clone();
+        let hup = Arc::new(tokio::sync::Notify::new());
+        let on_hup = hup.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
                     if sig == SIGHUP {
-                        tracing::warn!(
-                            "SIGHUP received: configuration reload is not available yet; \
-                             restart switchyard to apply a new config (the routing state \
-                             survives a restart)"
-                        );
+                        on_hup.notify_one();
                         continue;
                     }
                     if tx.send(Stop::Signal(sig)).is_err() {
@@ -409,6 +430,7 @@ impl ProcessSignals {
         Ok(ProcessSignals {
             rx: tokio::sync::Mutex::new(rx),
             tx: upgrade_tx,
+            hup,
         })
     }
 
@@ -435,6 +457,34 @@ impl ShutdownSignalWatch for ProcessSignals {
             Some(Stop::Signal(SIGINT)) => ShutdownSignal::FastShutdown,
             Some(Stop::HandOver) => ShutdownSignal::GracefulUpgrade,
             _ => ShutdownSignal::GracefulTerminate,
+        }
+    }
+}
+
+/// Reloads the configuration on SIGHUP, as `POST /v1/reload` does (the outcome is logged, counted
+/// and recorded in history; there is nobody to answer).
+struct SighupReload {
+    admin: Arc<Admin>,
+    hup: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.hup.notified() => {}
+            }
+            tracing::info!("SIGHUP received: reloading the configuration");
+            let admin = self.admin.clone();
+            let done =
+                tokio::task::spawn_blocking(move || admin.reload("signal:SIGHUP", None)).await;
+            if let Ok(Ok(crate::admin::Reply::Reload(r))) = done {
+                if !r.changed {
+                    tracing::info!("SIGHUP reload: {}", r.summary);
+                }
+            }
         }
     }
 }

@@ -453,14 +453,58 @@ async fn a_rollout_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_does_not_stop_the_proxy() {
+async fn sighup_and_ctl_reload_apply_the_file() {
     let f = Fixture::new("").await;
-    let mut s = serve(&f.config, f.port).await;
-    signal(&s.child, "HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        s.child.try_wait().unwrap().is_none(),
-        "SIGHUP killed the proxy"
+    let s = serve(&f.config, f.port).await;
+    let extra = Upstream::start("green-2").await;
+    let green = f._green.addr.to_string();
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    let grown = text.replace(
+        &format!("\"{green}\"]"),
+        &format!("\"{green}\", \"{}\"]", extra.addr),
     );
-    assert_eq!(get(s.addr, "/").await.text(), "blue");
+    assert_ne!(grown, text);
+    std::fs::write(&f.config, &grown).unwrap();
+    signal(&s.child, "HUP");
+    wait_for(
+        "SIGHUP to add green's second backend",
+        READY_DEADLINE,
+        || {
+            let socket = s.socket.clone();
+            async move {
+                let (_, st) = admin(&socket, "GET", "/v1/status", None).await;
+                let n = st["pools"]["green"]["backends"]
+                    .as_array()
+                    .map_or(0, Vec::len);
+                (n == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(get(s.addr, "/").await.text(), "blue", "still serving");
+    let (_, history) = admin(&s.socket, "GET", "/v1/history", None).await;
+    assert_eq!(history[0]["action"], "reload");
+    assert_eq!(history[0]["actor"], "signal:SIGHUP");
+
+    // The same file again, through ctl: nothing to do, exit 0.
+    let out = ctl(&s.socket, &["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("no change"), "{stdout}");
+
+    // A broken file: exit 1, every error located, nothing changed.
+    std::fs::write(&f.config, grown.replace("rise = 1", "rise = \"one\"")).unwrap();
+    let out = ctl(&s.socket, &["reload", "--reason", "try a typo"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid_config"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:", f.config.display())),
+        "errors are located: {stderr}"
+    );
+    let (_, st) = admin(&s.socket, "GET", "/v1/status", None).await;
+    assert_eq!(
+        st["pools"]["green"]["backends"].as_array().unwrap().len(),
+        2
+    );
 }

@@ -279,7 +279,10 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 /// Renders an error as `{"error", "code"}` with its status.
 pub fn error_response(e: &AdminError) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": e.to_string(), "code": e.code() });
+    let mut body = serde_json::json!({ "error": e.to_string(), "code": e.code() });
+    if let AdminError::Unprocessable { details, .. } = e {
+        body["errors"] = serde_json::json!(details);
+    }
     let mut resp = httpd::json(e.status(), to_json(&body));
     match e {
         AdminError::MethodNotAllowed { allowed, .. } => {
@@ -323,7 +326,7 @@ async fn route(
         "/v1/rollback" => (Method::POST, |b, _| {
             Ok(AdminCommand::Rollback { change: opts(b)? })
         }),
-        "/v1/reload" => (Method::POST, |_, _| Ok(AdminCommand::Reload)),
+        "/v1/reload" => (Method::POST, |b, _| reload(b)),
         "/v1/preview-cookie" => (Method::POST, |b, _| preview_cookie(b)),
         "/v1/rollout" => (Method::POST, |b, _| rollout(b)),
         "/v1/rollout/pause" => (Method::POST, |b, _| {
@@ -568,6 +571,12 @@ fn rollout(body: &[u8]) -> Result<AdminCommand, AdminError> {
             if_generation: r.if_generation,
         }
         .into(),
+    })
+}
+
+fn reload(body: &[u8]) -> Result<AdminCommand, AdminError> {
+    Ok(AdminCommand::Reload {
+        reason: opts(body)?.reason,
     })
 }
 

@@ -12,21 +12,28 @@
 //! one mutex; the request path never touches it.
 
 pub mod http;
+mod reload;
+
+pub use reload::Reloaded;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::config::{Config, GuardConfig, MAX_BP};
+use crate::config::{Config, MAX_BP};
 use crate::guard::{judge, Verdict};
+use crate::health::HealthControl;
 use crate::metrics::{Metrics, WindowStats, STATUS_WINDOW};
 use crate::notify::{Event, Notifier};
 use crate::preview::{PreviewKey, PREVIEW_COOKIE};
 use crate::rollout::{steps_to_bp, Next, Rollout};
 use crate::routing::{other, PoolId, RouteState, Switchboard};
+use crate::settings::ProxySettings;
 use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoreError, StoredRoute};
 
 /// Default and largest `GET /v1/history?limit=`.
@@ -56,7 +63,10 @@ pub enum AdminCommand {
     Rollback {
         change: ChangeOpts,
     },
-    Reload,
+    /// Re-read the configuration file and apply what changed.
+    Reload {
+        reason: Option<String>,
+    },
     /// A signed `sy_preview` cookie that lets a browser preview `pool`.
     PreviewCookie {
         pool: String,
@@ -115,6 +125,14 @@ pub enum AdminError {
     Timeout(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// The request was understood but its content cannot be applied (a reload's file has
+    /// errors, or changes what cannot change in place); `details` lists each problem.
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        details: Vec<String>,
+    },
     #[error("{0}")]
     NotImplemented(String),
     #[error("{0}")]
@@ -131,6 +149,7 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => 405,
             AdminError::Conflict { .. } => 409,
             AdminError::PayloadTooLarge { .. } => 413,
+            AdminError::Unprocessable { .. } => 422,
             AdminError::Timeout(_) => 408,
             AdminError::Internal(_) => 500,
             AdminError::NotImplemented(_) => 501,
@@ -147,7 +166,7 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::PayloadTooLarge { .. } => "payload_too_large",
             AdminError::Timeout(_) => "timeout",
-            AdminError::Conflict { code, .. } => code,
+            AdminError::Conflict { code, .. } | AdminError::Unprocessable { code, .. } => code,
             AdminError::NotImplemented(_) => "not_implemented",
             AdminError::Internal(_) => "internal",
         }
@@ -161,6 +180,7 @@ pub enum Reply {
     Preview(PreviewCookie),
     Status(Status),
     Change(Change),
+    Reload(Reloaded),
     History(Vec<HistoryEntry>),
     Health { ok: bool },
 }
@@ -340,16 +360,33 @@ pub struct Admin {
     switchboard: Arc<Switchboard>,
     metrics: Arc<Metrics>,
     notifier: Notifier,
-    preview: Option<PreviewKey>,
-    guard: GuardConfig,
+    /// The configuration in force: replaced whole by a reload, under the change lock, so a
+    /// guard tick or a change reads one version throughout.
+    config: ArcSwap<Config>,
+    /// The file a reload re-reads (`None` for a built-in config: the demo).
+    config_path: Option<PathBuf>,
+    /// The health checker's settings and wake-up, for a reload.
+    health: Arc<HealthControl>,
     store: StateStore,
     names: Vec<String>,
-    min_healthy: usize,
     /// Serialises changes: check, swap and persist happen as one step per change.
     ledger: Mutex<Ledger>,
-    /// Set while a binary upgrade hands over (upgrade.rs): every change is refused and the guard
-    /// and rollouts hold, so state.json is final when the new process reads it.
+    /// Serialises reloads (which check new backends without holding the change lock).
+    reloads: Mutex<()>,
+    /// Set while a binary upgrade hands over (upgrade.rs): every change and reload is refused
+    /// and the guard and rollouts hold, so state.json is final when the new process reads it.
     frozen: AtomicBool,
+}
+
+/// What an [`Admin`] is built from, besides the configuration.
+pub struct AdminParts {
+    pub metrics: Arc<Metrics>,
+    /// The loaded preview token, when `routing.preview_token_file` is set.
+    pub preview: Option<PreviewKey>,
+    pub notifier: Notifier,
+    pub health: Arc<HealthControl>,
+    /// The configuration file, for reloads.
+    pub config_path: Option<PathBuf>,
 }
 
 /// The action names recorded in history and counted in metrics.
@@ -444,10 +481,15 @@ impl Admin {
     /// rather than at the first flip.
     pub fn start(
         config: &Config,
-        metrics: Arc<Metrics>,
-        preview: Option<PreviewKey>,
-        notifier: Notifier,
+        parts: AdminParts,
     ) -> Result<(Arc<Switchboard>, Admin), StoreError> {
+        let AdminParts {
+            metrics,
+            preview,
+            notifier,
+            health,
+            config_path,
+        } = parts;
         let store = StateStore::new(&config.state.dir);
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         // Generations keep counting from the history even when the state file is lost, so
@@ -559,16 +601,17 @@ impl Admin {
             since: now,
             until: None,
         });
-        let switchboard = Arc::new(Switchboard::new(config, state, salt));
+        let settings = ProxySettings::from_config(config, preview);
+        let switchboard = Arc::new(Switchboard::new(config, state, salt, settings));
         let admin = Admin {
             switchboard: switchboard.clone(),
             metrics,
             notifier,
-            preview,
-            guard: config.guard.clone(),
+            config: ArcSwap::from_pointee(config.clone()),
+            config_path,
+            health,
             store,
             names,
-            min_healthy: config.health.min_healthy,
             ledger: Mutex::new(Ledger {
                 previous,
                 since,
@@ -576,6 +619,7 @@ impl Admin {
                 rollout,
                 judgement: None,
             }),
+            reloads: Mutex::new(()),
             frozen: AtomicBool::new(false),
         };
         Ok((switchboard, admin))
@@ -600,7 +644,9 @@ impl Admin {
         self.frozen.load(Ordering::SeqCst)
     }
 
-    fn refuse_if_frozen(&self) -> Result<(), AdminError> {
+    /// Refuses a change while the binary is being upgraded (the new process owns the state from
+    /// the hand-over on). Changes and reloads call it under the change lock.
+    fn refuse_while_upgrading(&self) -> Result<(), AdminError> {
         if self.is_frozen() {
             return Err(AdminError::Conflict {
                 code: "upgrade_in_progress",
@@ -658,6 +704,11 @@ impl Admin {
         &self.switchboard
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     /// Handles one command on behalf of `actor`. Blocking (changes fsync): call it off the
     /// async executor.
     pub fn handle(&self, cmd: AdminCommand, actor: &str) -> Result<Reply, AdminError> {
@@ -671,7 +722,7 @@ impl Admin {
         );
         if !reads {
             // Checked again under the change lock (apply, pause_rollout); this is the early no.
-            self.refuse_if_frozen()?;
+            self.refuse_while_upgrading()?;
         }
         match cmd {
             AdminCommand::Health => Ok(Reply::Health { ok: true }),
@@ -686,19 +737,19 @@ impl Admin {
                         self.store.history_path().display()
                     ))
                 }),
-            AdminCommand::Reload => Err(AdminError::NotImplemented(
-                "configuration reload is not available yet; restart switchyard to apply a new \
-                 config (the routing state survives a restart)"
-                    .into(),
-            )),
+            AdminCommand::Reload { reason } => self.reload(actor, reason),
             AdminCommand::PreviewCookie { pool } => {
                 self.pool(&pool)?;
-                let key = self.preview.as_ref().ok_or_else(|| AdminError::Conflict {
-                    code: "preview_off",
-                    message: "preview is not configured; set routing.preview_token_file and \
-                              restart"
-                        .into(),
-                })?;
+                let settings = self.switchboard.load().settings.clone();
+                let key = settings
+                    .preview
+                    .as_ref()
+                    .ok_or_else(|| AdminError::Conflict {
+                        code: "preview_off",
+                        message: "preview is not configured; set routing.preview_token_file and \
+                              reload"
+                            .into(),
+                    })?;
                 Ok(Reply::Preview(PreviewCookie {
                     cookie: format!("{PREVIEW_COOKIE}={}", key.cookie_value(&pool)),
                     pool,
@@ -865,7 +916,7 @@ impl Admin {
         pause: bool,
     ) -> Result<Reply, AdminError> {
         let mut ledger = self.lock_ledger();
-        self.refuse_if_frozen()?;
+        self.refuse_while_upgrading()?;
         let now = Instant::now();
         let before = ledger.rollout.clone().ok_or_else(no_rollout)?;
         let r = ledger.rollout.as_mut().expect("checked above");
@@ -971,7 +1022,7 @@ impl Admin {
         spec: Spec<'_>,
         next: impl FnOnce(RouteState, &Ledger) -> Result<RouteState, AdminError>,
     ) -> Result<Reply, AdminError> {
-        self.refuse_if_frozen()?;
+        self.refuse_while_upgrading()?;
         let cur = self.switchboard.state();
         if let Some(want) = spec.opts.if_generation {
             if want != cur.generation {
@@ -1099,7 +1150,7 @@ impl Admin {
                 pool: new.primary,
                 kind: WatchKind::Flip,
                 since: now,
-                until: Some(now + self.guard.watch_after_flip),
+                until: Some(now + self.config().guard.watch_after_flip),
             });
         }
         None
@@ -1114,6 +1165,8 @@ impl Admin {
             // An upgrade is handing over: the new process judges and advances from here on.
             return;
         }
+        let config = self.config();
+        let guard = &config.guard;
         if ledger
             .watch
             .is_some_and(|w| w.until.is_some_and(|u| now >= u))
@@ -1121,12 +1174,12 @@ impl Admin {
             ledger.watch = None;
             ledger.judgement = None;
         }
-        if let (true, Some(w)) = (self.guard.enabled, ledger.watch) {
+        if let (true, Some(w)) = (guard.enabled, ledger.watch) {
             // Only requests since the change count, up to the configured window.
             let since_change = now.saturating_duration_since(w.since).as_secs() + 1;
-            let span = Duration::from_secs(since_change.min(self.guard.window.as_secs().max(1)));
+            let span = Duration::from_secs(since_change.min(guard.window.as_secs().max(1)));
             let stats = self.metrics.window(w.pool).stats(span);
-            let verdict = judge(&stats, &self.guard);
+            let verdict = judge(&stats, guard);
             ledger.judgement = Some(Judgement {
                 pool: w.pool,
                 verdict: verdict.clone(),
@@ -1195,12 +1248,14 @@ impl Admin {
     /// Whether the guard has judged the rollout's current step healthy, over the requests since
     /// the step began (up to the window). With the guard off, time alone moves a rollout on.
     fn step_verdict(&self, r: &Rollout, now: Instant) -> StepVerdict {
-        if !self.guard.enabled {
+        let config = self.config();
+        let guard = &config.guard;
+        if !guard.enabled {
             return StepVerdict::Passed;
         }
         let since_step = now.saturating_duration_since(r.step_started).as_secs() + 1;
-        let span = Duration::from_secs(since_step.min(self.guard.window.as_secs().max(1)));
-        match judge(&self.metrics.window(r.to).stats(span), &self.guard) {
+        let span = Duration::from_secs(since_step.min(guard.window.as_secs().max(1)));
+        match judge(&self.metrics.window(r.to).stats(span), guard) {
             Verdict::Healthy => StepVerdict::Passed,
             Verdict::Waiting {
                 requests,
@@ -1226,6 +1281,8 @@ impl Admin {
         // When the old colour also took traffic (a canary), put its figures next to the new one's.
         let old_stats = self.metrics.window(other(w.pool)).stats(span);
         let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0);
+        let config = self.config();
+        let guard = &config.guard;
         let mut detail = serde_json::json!({
             "summary": format!("{}: {reason} over {}s; {old} had {:.1}% errors", self.names[w.pool], span.as_secs(), old_stats.error_ratio() * 100.0),
             "pool": self.names[w.pool],
@@ -1235,10 +1292,10 @@ impl Admin {
             "error_ratio": stats.error_ratio(),
             "p99_ms": ms(stats.p99),
             "thresholds": {
-                "max_error_ratio": self.guard.max_error_ratio,
-                "max_p99_ms": self.guard.max_p99.map(|d| d.as_secs_f64() * 1000.0),
-                "min_requests": self.guard.min_requests,
-                "window_s": self.guard.window.as_secs(),
+                "max_error_ratio": guard.max_error_ratio,
+                "max_p99_ms": guard.max_p99.map(|d| d.as_secs_f64() * 1000.0),
+                "min_requests": guard.min_requests,
+                "window_s": guard.window.as_secs(),
             },
             "other": {
                 "pool": old,
@@ -1306,6 +1363,7 @@ impl Admin {
             return Ok(());
         }
         let table = self.switchboard.load();
+        let min_healthy = self.config().health.min_healthy;
         // Only pools that gain traffic are gated; moving traffic away is always allowed.
         let mut targets = Vec::new();
         if new.primary != cur.primary {
@@ -1317,7 +1375,7 @@ impl Admin {
         for id in targets {
             let pool = table.pool(id);
             let healthy = pool.healthy_count();
-            if healthy < self.min_healthy {
+            if healthy < min_healthy {
                 return Err(AdminError::Conflict {
                     code: "target_not_ready",
                     message: format!(
@@ -1325,7 +1383,7 @@ impl Admin {
                          pool, or pass force to switch anyway",
                         pool.name,
                         pool.backends.len(),
-                        self.min_healthy
+                        min_healthy
                     ),
                 });
             }
@@ -1338,6 +1396,8 @@ impl Admin {
         let now = Instant::now();
         let table = self.switchboard.load();
         let st = table.state;
+        let config = self.config();
+        let (guard, min_healthy) = (&config.guard, config.health.min_healthy);
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let pools = table
             .pools
@@ -1349,7 +1409,7 @@ impl Admin {
                 (
                     p.name.clone(),
                     PoolStatus {
-                        ready: healthy >= self.min_healthy,
+                        ready: healthy >= min_healthy,
                         healthy,
                         backends: p
                             .backends
@@ -1392,7 +1452,7 @@ impl Admin {
             },
         });
         let guard = GuardStatus {
-            enabled: self.guard.enabled,
+            enabled: guard.enabled,
             watching: ledger.watch.map(|w| GuardWatch {
                 pool: self.names[w.pool].clone(),
                 kind: w.kind,
@@ -1409,10 +1469,10 @@ impl Admin {
                 p99_ms: ms(j.stats.p99),
                 window_s: j.stats.seconds,
             }),
-            max_error_ratio: self.guard.max_error_ratio,
-            max_p99_ms: ms(self.guard.max_p99),
-            min_requests: self.guard.min_requests,
-            window_s: self.guard.window.as_secs(),
+            max_error_ratio: guard.max_error_ratio,
+            max_p99_ms: ms(guard.max_p99),
+            min_requests: guard.min_requests,
+            window_s: guard.window.as_secs(),
         };
         Status {
             pid: std::process::id(),
@@ -1453,6 +1513,16 @@ mod tests {
         Notifier::new(Vec::new(), metrics(config)).0
     }
 
+    fn parts(config: &Config) -> AdminParts {
+        AdminParts {
+            metrics: metrics(config),
+            preview: None,
+            notifier: notifier(config),
+            health: HealthControl::new(config.health.clone()),
+            config_path: None,
+        }
+    }
+
     fn admin() -> (tempfile::TempDir, Admin) {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
@@ -1461,8 +1531,7 @@ mod tests {
             dir.path().display()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let (_sb, admin) =
-            Admin::start(&config, metrics(&config), None, notifier(&config)).unwrap();
+        let (_sb, admin) = Admin::start(&config, parts(&config)).unwrap();
         (dir, admin)
     }
 
@@ -1639,7 +1708,7 @@ mod tests {
             dir.path().display()
         );
         let config = Config::parse(&text, "t").unwrap();
-        let (sb, again) = Admin::start(&config, metrics(&config), None, notifier(&config)).unwrap();
+        let (sb, again) = Admin::start(&config, parts(&config)).unwrap();
         assert_eq!(sb.state().primary, 1);
         assert_eq!(sb.state().generation, 1);
         // The previous state survives too: rollback works right after a restart.

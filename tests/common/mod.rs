@@ -86,6 +86,8 @@ pub struct Knobs {
     pub fail_every: AtomicUsize,
     /// Milliseconds to wait before answering a request (not health checks).
     pub delay_ms: AtomicUsize,
+    /// When each passing health check arrived, in order.
+    pub checks_passed: Mutex<Vec<Instant>>,
 }
 
 impl Upstream {
@@ -111,6 +113,10 @@ pub type AnyBody = http_body_util::Either<Full<Bytes>, Chunks>;
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// When the request arrived.
+    pub at: Instant,
+    /// The proxy's end of the connection it came on (the same for a reused pooled connection).
+    pub peer: Option<SocketAddr>,
     pub method: String,
     pub path: String,
     pub headers: http::HeaderMap,
@@ -144,11 +150,14 @@ impl Upstream {
             healthy: std::sync::atomic::AtomicBool::new(true),
             fail_every: AtomicUsize::new(0),
             delay_ms: AtomicUsize::new(0),
+            checks_passed: Mutex::new(Vec::new()),
         });
         let (n, h, s, k) = (name.to_string(), hits.clone(), seen.clone(), knobs.clone());
         tokio::spawn(httpd::serve(
             listener,
-            move |req, _peer| upstream_handler(n.clone(), h.clone(), s.clone(), k.clone(), req),
+            move |req, peer: httpd::Peer| {
+                upstream_handler(n.clone(), h.clone(), s.clone(), k.clone(), peer.addr, req)
+            },
             rx,
         ));
         Upstream {
@@ -163,6 +172,16 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// When each passing health check arrived.
+    pub fn checks_passed(&self) -> Vec<Instant> {
+        self.knobs.checks_passed.lock().unwrap().clone()
+    }
+
+    /// When each proxied request arrived.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.seen.lock().unwrap().iter().map(|s| s.at).collect()
     }
 }
 
@@ -184,8 +203,10 @@ async fn upstream_handler(
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     knobs: Arc<Knobs>,
+    peer: Option<SocketAddr>,
     mut req: Request<Incoming>,
 ) -> Response<AnyBody> {
+    let at = Instant::now();
     let path = req.uri().path().to_string();
     if path == "/upgrade" {
         // Switch protocols and echo whatever arrives afterwards.
@@ -218,6 +239,7 @@ async fn upstream_handler(
     };
     if path == "/healthz" {
         return if knobs.healthy.load(Ordering::SeqCst) {
+            knobs.checks_passed.lock().unwrap().push(at);
             full(200, "ok")
         } else {
             full(503, "unhealthy")
@@ -225,6 +247,8 @@ async fn upstream_handler(
     }
     let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
     seen.lock().unwrap().push(Seen {
+        at,
+        peer,
         method,
         path: path.clone(),
         headers,
@@ -274,8 +298,54 @@ pub struct Proxy {
     pub dir: tempfile::TempDir,
     pub switchboard: Arc<Switchboard>,
     pub config: Arc<Config>,
+    pub admin: Arc<switchyard::admin::Admin>,
+    /// The file the proxy was started from (a reload re-reads it).
+    pub config_file: PathBuf,
+    layout: Layout,
     stop: ShutdownTrigger,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where the harness puts a proxy's listener, admin socket, metrics and state.
+struct Layout {
+    port: u16,
+    metrics_port: u16,
+    admin_section: bool,
+    dir: PathBuf,
+}
+
+impl Layout {
+    /// The whole file for a test's `toml`.
+    fn render(&self, toml: &str) -> String {
+        let admin = if self.admin_section {
+            format!(
+                "[admin]\nsocket = \"{}/run/admin.sock\"\n\n",
+                self.dir.display()
+            )
+        } else {
+            String::new()
+        };
+        let health = if toml.contains("[health]") {
+            ""
+        } else {
+            FAST_HEALTH
+        };
+        // The listen address is the harness's; a test's own `[listen]` (for its other keys)
+        // gets it added.
+        let http = format!("[listen]\nhttp = [\"127.0.0.1:{}\"]\n", self.port);
+        let (listen, toml) = if toml.contains("[listen]\n") {
+            (String::new(), toml.replacen("[listen]\n", &http, 1))
+        } else {
+            (http + "\n", toml.to_string())
+        };
+        format!(
+            "{health}{listen}{admin}\
+             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
+             [state]\ndir = \"{d}/state\"\n\n{toml}",
+            d = self.dir.display(),
+            mport = self.metrics_port,
+        )
+    }
 }
 
 /// Health checks fast enough for tests.
@@ -340,43 +410,25 @@ impl Proxy {
 
     async fn start_with(toml: &str, admin_section: bool) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let admin = if admin_section {
-            format!(
-                "[admin]\nsocket = \"{}/run/admin.sock\"\n\n",
-                dir.path().display()
-            )
-        } else {
-            String::new()
+        let layout = Layout {
+            port: free_port(),
+            metrics_port: free_port(),
+            admin_section,
+            dir: dir.path().to_path_buf(),
         };
-        let health = if toml.contains("[health]") {
-            ""
-        } else {
-            FAST_HEALTH
-        };
-        // The listen address is the harness's; a test's own `[listen]` (for its other keys)
-        // gets it added.
-        let http = format!("[listen]\nhttp = [\"127.0.0.1:{port}\"]\n");
-        let (listen, toml) = if toml.contains("[listen]\n") {
-            (String::new(), toml.replacen("[listen]\n", &http, 1))
-        } else {
-            (http + "\n", toml.to_string())
-        };
-        let full = format!(
-            "{health}{listen}{admin}\
-             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
-             [state]\ndir = \"{d}/state\"\n\n{toml}",
-            d = dir.path().display(),
-            mport = free_port(),
-        );
-        let config = Config::parse(&full, "test.toml").unwrap_or_else(|e| panic!("{e}\n{full}"));
-        let app = Switchyard::build(config, RunMode::embedded()).expect("build switchyard");
+        let full = layout.render(toml);
+        let config_file = dir.path().join("switchyard.toml");
+        std::fs::write(&config_file, &full).expect("write the config file");
+        let config = Config::load(&config_file).unwrap_or_else(|e| panic!("{e}\n{full}"));
+        let app = Switchyard::build(config, Some(config_file.clone()), RunMode::embedded())
+            .expect("build switchyard");
         let switchboard = app.switchboard();
         let config = app.config();
+        let admin = app.admin();
         let stop = ShutdownTrigger::new();
         let trigger = stop.clone();
         let thread = std::thread::spawn(move || app.run(trigger.run_args()));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", layout.port).parse().unwrap();
         wait_for(
             "the proxy to accept connections",
             READY_DEADLINE,
@@ -388,9 +440,21 @@ impl Proxy {
             dir,
             switchboard,
             config,
+            admin,
+            config_file,
+            layout,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Rewrites the config file from `toml`, filled in the way [`Proxy::start`] filled the first
+    /// one (same listener, admin socket, metrics port and state directory), for a reload.
+    pub fn write_config(&self, toml: &str) {
+        let full = self.layout.render(toml);
+        let tmp = self.config_file.with_extension("tmp");
+        std::fs::write(&tmp, full).expect("write the config file");
+        std::fs::rename(&tmp, &self.config_file).expect("replace the config file");
     }
 
     pub fn url(&self, path: &str) -> String {

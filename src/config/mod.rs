@@ -1,0 +1,390 @@
+//! Configuration: a TOML file turned into a validated [`Config`].
+//!
+//! Loading happens in stages, as in linkerd2-proxy and sozu, and every stage but the first keeps
+//! going after a problem, so an operator fixes a file in one pass:
+//! 1. The text is parsed into a TOML tree that remembers where each key and value is. Only a syntax
+//!    error stops here: without a tree there is nothing else to check.
+//! 2. `raw` reads the tree key by key into structs that mirror the file, reporting unknown keys
+//!    (with the keys the section does take) and values of the wrong type (naming the key).
+//! 3. `validate` turns the mirror into a [`Config`] that has no "maybe" left in it: addresses,
+//!    durations, ranges, duplicates, cross-references.
+//! 4. [`Config::load`] (used by `check`, `serve` and a reload alike) also reads the side files the
+//!    server will read, the admin tokens and the preview token, with the server's own parsers.
+//!    [`Config::parse`] touches no file system.
+//!
+//! Every error is located (`file:line:col`) where the file allows, and they are reported in file
+//! order.
+//!
+//! Layout: this module holds the types and the entry points; `raw.rs` the file's shape,
+//! `validate.rs` the checks on its values.
+
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use validate::Errors;
+
+/// Where `switchyard serve` and `check` look when `-c` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/switchyard/switchyard.toml";
+
+/// The number of pools: blue/green means exactly two colours.
+pub const POOL_COUNT: usize = 2;
+
+/// The longest duration any setting accepts: far beyond any sane value, and small enough that
+/// deadlines computed from it never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The most basis points a canary can have: 10 000 bp = 100 %.
+pub const MAX_BP: u32 = 10_000;
+
+/// A validated configuration. Every field is usable as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Addresses the proxy listens on for client traffic.
+    pub listen: Vec<SocketAddr>,
+    /// Clients (a TLS terminator, a load balancer) whose `X-Forwarded-Proto` is passed on; from
+    /// anyone else it is replaced with `http`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    pub state: StateConfig,
+    /// Exactly two pools, sorted by name so that pool indices are stable across restarts.
+    pub pools: [PoolConfig; POOL_COUNT],
+    pub health: HealthConfig,
+    pub routing: RoutingConfig,
+    pub upstream: UpstreamConfig,
+    pub guard: GuardConfig,
+    pub notify: Vec<WebhookConfig>,
+    pub shutdown: ShutdownConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// The admin unix socket; always on, created mode 0600.
+    pub socket: PathBuf,
+    /// Optional TCP admin listener; only with a token file.
+    pub listen: Option<SocketAddr>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served; `None` turns the endpoint off.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateConfig {
+    /// Holds `state.json` and `history.jsonl`.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// With checks off, every backend is taken as healthy (for setups where something else
+    /// checks the backends); with checks on (the default), backends start unhealthy.
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub min_healthy: usize,
+}
+
+/// How a request is keyed for sticky canary assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// The `sy_uid` cookie, set by the proxy when absent.
+    Cookie,
+    /// The value of a request header (e.g. a user id set by an auth layer).
+    Header(http::HeaderName),
+    /// The client IP address.
+    Ip,
+    /// No stickiness: the split is per request.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Index into [`Config::pools`] of the primary pool used when no state file exists.
+    pub initial_primary: usize,
+    pub sticky: Sticky,
+    pub response_header: bool,
+    pub preview_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardConfig {
+    pub enabled: bool,
+    pub window: Duration,
+    pub min_requests: u64,
+    pub max_error_ratio: f64,
+    pub max_p99: Option<Duration>,
+    pub watch_after_flip: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    Slack,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub url: http::Uri,
+    pub format: WebhookFormat,
+    pub events: Vec<String>,
+    /// Time limit of one delivery attempt.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShutdownConfig {
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Proxy worker threads; 0 in the file means one per core, resolved here.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// One line per request (pool, backend, status, duration). Off by default: at full load it
+    /// costs more than the proxying itself, and metrics already carry the aggregate.
+    pub access: bool,
+}
+
+/// Notification event names a webhook may subscribe to.
+pub const EVENT_KINDS: &[&str] = &["flip", "canary", "promote", "rollback", "guard", "rollout"];
+
+/// One problem in a configuration file, with its location when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line and column, when the problem can be pinned to a place in the file.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((line, col)) => write!(f, "{}:{}:{}: {}", self.file, line, col, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, and checks the side files it names (token files)
+    /// exactly as the server will read them.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let name = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    file: name,
+                    location: None,
+                    message: format!("cannot read the config file: {e}"),
+                }]))
+            }
+        };
+        let mut errs = Errors::new(&text, &name);
+        let config = stages(&mut errs);
+        // Checked even when the file has other errors: everything is reported in one pass.
+        for side in std::mem::take(&mut errs.side_files) {
+            if let Some(message) = side.check() {
+                errs.list.push(ConfigError {
+                    file: name.clone(),
+                    location: side.location,
+                    message,
+                });
+            }
+        }
+        finish(config, errs.list)
+    }
+
+    /// Parses and validates `text`; `file` names it in error messages. Side files are not read.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        let mut errs = Errors::new(text, file);
+        let config = stages(&mut errs);
+        finish(config, errs.list)
+    }
+
+    /// A one-line description, printed by `check` and at start-up.
+    pub fn summary(&self) -> String {
+        let pools: Vec<String> = self
+            .pools
+            .iter()
+            .map(|p| format!("{} ({} backends)", p.name, p.backends.len()))
+            .collect();
+        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        format!(
+            "listen {}; pools {}; initial primary {}; admin {}",
+            listen.join(", "),
+            pools.join(" and "),
+            self.pools[self.routing.initial_primary].name,
+            self.admin.socket.display()
+        )
+    }
+
+    /// The index of the pool called `name`.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
+
+/// Parses, reads and validates `errs`'s text: the configuration, or `None` with the errors in `errs`.
+fn stages(errs: &mut Errors<'_>) -> Option<Config> {
+    let doc = match toml_edit::ImDocument::parse(errs.text()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            errs.at_span(e.span(), e.message().trim().to_string());
+            return None;
+        }
+    };
+    let raw = raw::read(doc.as_table(), errs);
+    validate::validate(raw, errs)
+}
+
+/// The configuration, or every error in file order (by line, then column; unlocated ones last).
+fn finish(config: Option<Config>, mut list: Vec<ConfigError>) -> Result<Config, ConfigErrors> {
+    match config {
+        Some(config) if list.is_empty() => Ok(config),
+        _ => {
+            debug_assert!(!list.is_empty(), "no configuration and no error");
+            list.sort_by_key(|e| e.location.unwrap_or((usize::MAX, usize::MAX)));
+            Err(ConfigErrors(list))
+        }
+    }
+}
+
+/// Which file the server reads besides the configuration, and so which parser checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SideFileKind {
+    /// `[admin] token_file`, read by [`crate::admin::http::Tokens::load`].
+    AdminTokens,
+    /// `[routing] preview_token_file`, read by [`crate::preview::PreviewKey::load`].
+    PreviewToken,
+}
+
+/// A file a configuration names that the server will read at start-up (and at a reload).
+#[derive(Debug, Clone)]
+struct SideFile {
+    kind: SideFileKind,
+    path: PathBuf,
+    /// Where the key naming it is.
+    location: Option<(usize, usize)>,
+}
+
+impl SideFile {
+    /// Why the server would refuse the file, if it would. The server's own loaders are used, so
+    /// the rules cannot drift apart.
+    fn check(&self) -> Option<String> {
+        match self.kind {
+            SideFileKind::AdminTokens => crate::admin::http::Tokens::load(&self.path)
+                .err()
+                .map(|e| format!("[admin] token_file: {e}")),
+            SideFileKind::PreviewToken => crate::preview::PreviewKey::load(&self.path)
+                .err()
+                .map(|e| format!("[routing] preview_token_file: {e}")),
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Whether `name` is a valid pool name: `[a-z][a-z0-9-]{0,31}`.
+pub fn valid_pool_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 32
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}
+
+/// Defaults for everything the file may leave out, each with the reason it is what it is.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Loopback, so an unconfigured proxy is not exposed by accident.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// Under systemd's `RuntimeDirectory=switchyard`.
+    pub const ADMIN_SOCKET: &str = "/run/switchyard/admin.sock";
+    /// Loopback: metrics reveal traffic shape and should not be public by default.
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9901";
+    /// Under systemd's `StateDirectory=switchyard`.
+    pub const STATE_DIR: &str = "/var/lib/switchyard";
+    pub const HEALTH_PATH: &str = "/healthz";
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// HAProxy's defaults: two passes to trust a backend, three failures to drop it.
+    pub const HEALTH_RISE: u32 = 2;
+    pub const HEALTH_FALL: u32 = 3;
+    pub const MIN_HEALTHY: usize = 1;
+    /// A dead backend must fail fast; a live one on a LAN connects in well under a second.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Pooled upstream connections live this long when idle; keep it below the backends' own
+    /// keep-alive timeout to avoid reusing a connection the backend is closing.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const GUARD_WINDOW: Duration = Duration::from_secs(30);
+    pub const MIN_REQUESTS: u64 = 50;
+    pub const MAX_ERROR_RATIO: f64 = 0.05;
+    pub const WATCH_AFTER_FLIP: Duration = Duration::from_secs(300);
+    /// A chat webhook answers in well under a second; five covers a slow day without letting a
+    /// dead hook hold up the next notification for long.
+    pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Long enough for ordinary requests to finish, short enough for a deploy to move on.
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+}

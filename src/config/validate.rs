@@ -1,0 +1,619 @@
+//! The values: [`validate`] turns the file's [`raw`] mirror into a [`Config`] that has no "maybe"
+//! left in it, collecting every problem (a bad address, a duration out of range, a backend in both
+//! pools, ...) instead of stopping at the first, and noting the side files [`Config::load`] checks.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::*;
+
+/// Collects errors against one file, and the side files it names.
+pub(super) struct Errors<'a> {
+    text: &'a str,
+    file: &'a str,
+    pub list: Vec<ConfigError>,
+    pub side_files: Vec<SideFile>,
+}
+
+impl<'a> Errors<'a> {
+    pub fn new(text: &'a str, file: &'a str) -> Errors<'a> {
+        Errors {
+            text,
+            file,
+            list: Vec::new(),
+            side_files: Vec::new(),
+        }
+    }
+
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The 1-based line and column of `span`'s start.
+    pub fn location(&self, span: &Range<usize>) -> (usize, usize) {
+        line_col(self.text, span.start)
+    }
+
+    fn at<T>(&mut self, spanned: &Spanned<T>, message: String) {
+        self.at_span(Some(spanned.span()), message);
+    }
+
+    /// An error at `span`, or unlocated without one.
+    pub fn at_span(&mut self, span: Option<Range<usize>>, message: String) {
+        let location = span.map(|s| self.location(&s));
+        self.list.push(ConfigError {
+            file: self.file.to_string(),
+            location,
+            message,
+        });
+    }
+
+    /// Notes a file the server will read, named at `path`, for [`Config::load`] to check.
+    fn side_file(&mut self, kind: SideFileKind, path: &Spanned<String>) {
+        self.side_files.push(SideFile {
+            kind,
+            path: PathBuf::from(path.get_ref()),
+            location: Some(self.location(&path.span())),
+        });
+    }
+
+    fn general(&mut self, message: String) {
+        self.list.push(ConfigError {
+            file: self.file.to_string(),
+            location: None,
+            message,
+        });
+    }
+
+    /// A network (`10.0.0.0/8`) or a single address (`192.0.2.7`, taken as `/32` or `/128`).
+    fn network(&mut self, s: &Spanned<String>) -> Option<ipnet::IpNet> {
+        let text = s.get_ref().trim();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .ok()
+            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(Into::into));
+        if parsed.is_none() {
+            self.at(
+                s,
+                format!(
+                    "[listen] trusted_proxies entry `{text}` is not an IP address or network \
+                     (write e.g. 10.0.0.0/8, 192.0.2.7 or fd00::/8)"
+                ),
+            );
+        }
+        parsed.map(|n| n.trunc())
+    }
+
+    fn addr(&mut self, s: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+        match s.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.at(
+                    s,
+                    format!(
+                        "{what} `{}` is not an IP:port address (hostnames are not resolved; \
+                         write e.g. 127.0.0.1:8000 or [::1]:8000)",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if d > MAX_DURATION => {
+                self.at(
+                    s,
+                    format!(
+                        "{what} `{}` is longer than 7 days; no setting needs that",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.at(
+                    s,
+                    format!(
+                        "{what} `{}` is not a duration ({e}); write e.g. \"250ms\", \"2s\" or \"5m\"",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+        let d = self.duration(s, what)?;
+        if d.is_zero() {
+            self.at(s, format!("{what} must be greater than zero"));
+            return None;
+        }
+        Some(d)
+    }
+}
+
+/// The configuration `raw` describes, or `None` when `errs` has gained or already had an error.
+pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> {
+    // [listen]
+    let listen_raw = raw.listen.unwrap_or_default();
+    let mut listen: Vec<SocketAddr> = Vec::new();
+    match &listen_raw.http {
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                errs.at(
+                    list,
+                    "[listen] http is empty; give at least one address such as \"0.0.0.0:8080\""
+                        .into(),
+                );
+            }
+            for s in list.get_ref() {
+                if let Some(a) = errs.addr(s, "listen address") {
+                    if listen.contains(&a) {
+                        errs.at(s, format!("[listen] http lists {a} twice"));
+                    } else {
+                        listen.push(a);
+                    }
+                }
+            }
+        }
+        None => listen.push(defaults::LISTEN.parse().expect("valid default")),
+    }
+    let trusted_proxies: Vec<ipnet::IpNet> = listen_raw
+        .trusted_proxies
+        .iter()
+        .flat_map(|l| l.get_ref())
+        .filter_map(|n| errs.network(n))
+        .collect();
+
+    // [admin]
+    let admin_raw = raw.admin.unwrap_or_default();
+    let admin_listen = admin_raw
+        .listen
+        .as_ref()
+        .and_then(|a| errs.addr(a, "admin listen address"));
+    if let (Some(l), None) = (&admin_raw.listen, &admin_raw.token_file) {
+        errs.at(
+            l,
+            "[admin] listen is set but token_file is not; the TCP admin API needs a bearer token \
+             (add token_file = \"/etc/switchyard/admin.token\")"
+                .into(),
+        );
+    }
+    let admin = AdminConfig {
+        socket: admin_raw
+            .socket
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(defaults::ADMIN_SOCKET)),
+        listen: admin_listen,
+        token_file: admin_raw
+            .token_file
+            .as_ref()
+            .map(|f| PathBuf::from(f.get_ref())),
+    };
+    // The server reads the tokens only for the TCP listener; without one the file is not used.
+    if let (Some(_), Some(f)) = (&admin.listen, &admin_raw.token_file) {
+        errs.side_file(SideFileKind::AdminTokens, f);
+    }
+
+    // [metrics]
+    let metrics = match raw.metrics {
+        Some(m) => MetricsConfig {
+            listen: m
+                .listen
+                .as_ref()
+                .and_then(|a| errs.addr(a, "metrics listen address")),
+        },
+        None => MetricsConfig {
+            listen: Some(defaults::METRICS_LISTEN.parse().expect("valid default")),
+        },
+    };
+
+    // [state]
+    let state = StateConfig {
+        dir: raw
+            .state
+            .and_then(|s| s.dir)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR)),
+    };
+
+    // [pools.*]
+    let mut pools = Vec::new();
+    match &raw.pools {
+        None => errs.general(
+            "no [pools] section; define exactly two pools, e.g. [pools.blue] and [pools.green]"
+                .into(),
+        ),
+        Some(map) => {
+            if map.len() != POOL_COUNT {
+                let names: Vec<&str> = map.keys().map(String::as_str).collect();
+                errs.general(format!(
+                    "exactly two pools are needed, found {} ({}); define e.g. [pools.blue] and [pools.green]",
+                    map.len(),
+                    names.join(", ")
+                ));
+            }
+            // Every backend with the pool it is in, to find one listed in both pools.
+            let mut everywhere: Vec<(SocketAddr, &str, &Spanned<String>)> = Vec::new();
+            for (name, pool) in map {
+                if !valid_pool_name(name) {
+                    errs.at_span(
+                        pool.span.clone(),
+                        format!(
+                            "pool name `{name}` is not valid: use a lowercase letter followed by up \
+                             to 31 lowercase letters, digits or '-'"
+                        ),
+                    );
+                }
+                // A missing or mistyped list was reported as the file was read.
+                let listed: &[Spanned<String>] =
+                    pool.backends.as_ref().map_or(&[], |b| b.get_ref());
+                if let Some(b) = pool.backends.as_ref().filter(|b| b.get_ref().is_empty()) {
+                    errs.at(
+                        b,
+                        format!("pool `{name}` has no backends; list at least one IP:port"),
+                    );
+                }
+                let mut backends: Vec<SocketAddr> = Vec::new();
+                for b in listed {
+                    if let Some(addr) = errs.addr(b, &format!("pool `{name}` backend")) {
+                        if backends.contains(&addr) {
+                            errs.at(b, format!("pool `{name}` lists backend {addr} twice"));
+                        } else {
+                            backends.push(addr);
+                            everywhere.push((addr, name, b));
+                        }
+                    }
+                }
+                pools.push(PoolConfig {
+                    name: name.clone(),
+                    backends,
+                });
+            }
+            // A backend in both colours would keep taking traffic after a flip away from it, and
+            // its health and metrics could not be told apart. Reported where the file lists it
+            // second.
+            everywhere.sort_by_key(|(_, _, b)| b.span().start);
+            for (i, (addr, name, b)) in everywhere.iter().enumerate() {
+                if let Some((_, first, at)) = everywhere[..i]
+                    .iter()
+                    .find(|(a, other, _)| a == addr && other != name)
+                {
+                    let (line, _) = errs.location(&at.span());
+                    errs.at(
+                        b,
+                        format!(
+                            "backend {addr} is in pool `{name}` and already in pool `{first}` \
+                             (line {line}); a backend belongs to one pool, or a flip would not \
+                             move traffic off it"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // [health]
+    let h = raw.health.unwrap_or_default();
+    let health = HealthConfig {
+        enabled: h.enabled.unwrap_or(true),
+        path: h
+            .path
+            .as_ref()
+            .map_or(defaults::HEALTH_PATH.to_string(), |p| {
+                if !p.get_ref().starts_with('/') {
+                    errs.at(
+                        p,
+                        format!("health path `{}` must start with '/'", p.get_ref()),
+                    );
+                }
+                p.get_ref().clone()
+            }),
+        interval: h
+            .interval
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "health interval"))
+            .unwrap_or(defaults::HEALTH_INTERVAL),
+        timeout: h
+            .timeout
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "health timeout"))
+            .unwrap_or(defaults::HEALTH_TIMEOUT),
+        rise: positive_u32(errs, h.rise.as_ref(), "health rise", defaults::HEALTH_RISE),
+        fall: positive_u32(errs, h.fall.as_ref(), "health fall", defaults::HEALTH_FALL),
+        min_healthy: h
+            .min_healthy
+            .as_ref()
+            .map_or(defaults::MIN_HEALTHY, |m| *m.get_ref()),
+    };
+    if let Some(mh) = &h.min_healthy {
+        if let Some(smallest) = pools.iter().map(|p| p.backends.len()).min() {
+            if health.min_healthy > smallest && smallest > 0 {
+                errs.at(
+                    mh,
+                    format!(
+                        "health min_healthy = {} but a pool has only {smallest} backends, so it \
+                         could never be ready; lower min_healthy or add backends",
+                        health.min_healthy
+                    ),
+                );
+            }
+        }
+    }
+
+    // [routing]
+    let r = raw.routing.unwrap_or_default();
+    let initial_primary = match &r.initial_primary {
+        Some(p) => match pools.iter().position(|pool| &pool.name == p.get_ref()) {
+            Some(i) => i,
+            None => {
+                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                errs.at(
+                    p,
+                    format!(
+                        "initial_primary `{}` is not a pool; choose one of: {}",
+                        p.get_ref(),
+                        names.join(", ")
+                    ),
+                );
+                0
+            }
+        },
+        None => 0,
+    };
+    let sticky = match &r.sticky {
+        None => Sticky::Cookie,
+        Some(s) => match s.get_ref().as_str() {
+            "cookie" => Sticky::Cookie,
+            "ip" => Sticky::Ip,
+            "none" => Sticky::None,
+            other => match other.strip_prefix("header:") {
+                Some(h) => match http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                    Ok(name) => Sticky::Header(name),
+                    Err(_) => {
+                        errs.at(
+                            s,
+                            format!("sticky header name `{h}` is not a valid header name"),
+                        );
+                        Sticky::Cookie
+                    }
+                },
+                None => {
+                    errs.at(
+                        s,
+                        format!(
+                            "sticky `{other}` is not one of \"cookie\", \"header:<name>\", \"ip\", \"none\""
+                        ),
+                    );
+                    Sticky::Cookie
+                }
+            },
+        },
+    };
+    let routing = RoutingConfig {
+        initial_primary,
+        sticky,
+        response_header: r.response_header.unwrap_or(true),
+        preview_token_file: r
+            .preview_token_file
+            .as_ref()
+            .map(|f| PathBuf::from(f.get_ref())),
+    };
+    if let Some(f) = &r.preview_token_file {
+        errs.side_file(SideFileKind::PreviewToken, f);
+    }
+
+    // [upstream]
+    let u = raw.upstream.unwrap_or_default();
+    let upstream = UpstreamConfig {
+        connect_timeout: u
+            .connect_timeout
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "upstream connect_timeout"))
+            .unwrap_or(defaults::CONNECT_TIMEOUT),
+        read_timeout: u
+            .read_timeout
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "upstream read_timeout"))
+            .unwrap_or(defaults::READ_TIMEOUT),
+        write_timeout: u
+            .write_timeout
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "upstream write_timeout"))
+            .unwrap_or(defaults::WRITE_TIMEOUT),
+        idle_timeout: u
+            .idle_timeout
+            .as_ref()
+            .and_then(|d| errs.duration(d, "upstream idle_timeout"))
+            .unwrap_or(defaults::IDLE_TIMEOUT),
+    };
+
+    // [guard]
+    let g = raw.guard.unwrap_or_default();
+    let max_error_ratio = match &g.max_error_ratio {
+        Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
+            errs.at(
+                r,
+                format!(
+                    "guard max_error_ratio {} must be between 0 and 1 (0.05 means 5 %)",
+                    r.get_ref()
+                ),
+            );
+            defaults::MAX_ERROR_RATIO
+        }
+        Some(r) => *r.get_ref(),
+        None => defaults::MAX_ERROR_RATIO,
+    };
+    let guard = GuardConfig {
+        enabled: g.enabled.unwrap_or(true),
+        window: g
+            .window
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "guard window"))
+            .unwrap_or(defaults::GUARD_WINDOW),
+        min_requests: g.min_requests.unwrap_or(defaults::MIN_REQUESTS),
+        max_error_ratio,
+        max_p99: g
+            .max_p99
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "guard max_p99")),
+        watch_after_flip: g
+            .watch_after_flip
+            .as_ref()
+            .and_then(|d| errs.duration(d, "guard watch_after_flip"))
+            .unwrap_or(defaults::WATCH_AFTER_FLIP),
+    };
+
+    // [[notify.webhook]]
+    let mut notify = Vec::new();
+    for w in raw.notify.map(|n| n.webhook).unwrap_or_default() {
+        // A missing url was reported as the file was read.
+        let url = w
+            .url
+            .as_ref()
+            .and_then(|url| match url.get_ref().parse::<http::Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http") | Some("https"))
+                        && u.host().is_some() =>
+                {
+                    Some(u)
+                }
+                _ => {
+                    errs.at(
+                        url,
+                        format!(
+                            "webhook url `{}` is not an http:// or https:// URL",
+                            url.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+        let format = match w.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("slack") => WebhookFormat::Slack,
+            Some("json") => WebhookFormat::Json,
+            Some(other) => {
+                if let Some(f) = &w.format {
+                    errs.at(
+                        f,
+                        format!("webhook format `{other}` is not \"slack\" or \"json\""),
+                    );
+                }
+                WebhookFormat::Slack
+            }
+        };
+        let events: Vec<String> = match &w.events {
+            None => EVENT_KINDS.iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                for e in list.get_ref() {
+                    if !EVENT_KINDS.contains(&e.get_ref().as_str()) {
+                        errs.at(
+                            e,
+                            format!(
+                                "webhook event `{}` is not one of: {}",
+                                e.get_ref(),
+                                EVENT_KINDS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                list.get_ref().iter().map(|e| e.get_ref().clone()).collect()
+            }
+        };
+        let timeout = w
+            .timeout
+            .as_ref()
+            .and_then(|d| errs.positive_duration(d, "webhook timeout"))
+            .unwrap_or(defaults::WEBHOOK_TIMEOUT);
+        if let Some(url) = url {
+            notify.push(WebhookConfig {
+                url,
+                format,
+                events,
+                timeout,
+            });
+        }
+    }
+
+    // [shutdown], [server], [log]
+    let shutdown = ShutdownConfig {
+        grace_period: raw
+            .shutdown
+            .and_then(|s| s.grace_period)
+            .as_ref()
+            .and_then(|d| errs.duration(d, "shutdown grace_period"))
+            .unwrap_or(defaults::GRACE_PERIOD),
+    };
+    let threads = raw.server.and_then(|s| s.threads).unwrap_or(0);
+    let server = ServerConfig {
+        threads: if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        },
+    };
+    let log = LogConfig {
+        access: raw.log.and_then(|l| l.access).unwrap_or(false),
+    };
+
+    // Every listener needs its own port: a shared one would let a start-up check pass against
+    // the wrong service.
+    let mut taken: Vec<(SocketAddr, &str)> = listen.iter().map(|a| (*a, "[listen] http")).collect();
+    taken.extend(admin.listen.map(|a| (a, "[admin] listen")));
+    taken.extend(metrics.listen.map(|a| (a, "[metrics] listen")));
+    for (i, (a, what)) in taken.iter().enumerate() {
+        for (b, other) in &taken[..i] {
+            let overlap = a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified());
+            if overlap && what != other {
+                errs.general(format!(
+                    "{what} {a} and {other} {b} use the same port; give each listener its own"
+                ));
+            }
+        }
+    }
+
+    if !errs.list.is_empty() {
+        return None;
+    }
+    let pools: [PoolConfig; POOL_COUNT] = match pools.try_into() {
+        Ok(p) => p,
+        Err(_) => unreachable!("pool count was checked above"),
+    };
+    Some(Config {
+        listen,
+        trusted_proxies,
+        admin,
+        metrics,
+        state,
+        pools,
+        health,
+        routing,
+        upstream,
+        guard,
+        notify,
+        shutdown,
+        server,
+        log,
+    })
+}
+
+fn positive_u32(errs: &mut Errors<'_>, v: Option<&Spanned<u32>>, what: &str, default: u32) -> u32 {
+    match v {
+        Some(n) if *n.get_ref() == 0 => {
+            errs.at(n, format!("{what} must be at least 1"));
+            default
+        }
+        Some(n) => *n.get_ref(),
+        None => default,
+    }
+}

@@ -1,0 +1,393 @@
+//! What a configuration reload changes: the difference between the configuration in force and a
+//! new one, in words an operator reads in a reply, a log line, history and chat.
+//!
+//! Pure: [`Plan::between`] compares two validated configurations and sorts every difference into
+//! what can change in place (pool members, health, upstream timeouts, guard, webhooks, routing
+//! options, access log) and what cannot (listeners, the admin socket, the state directory, pool
+//! names, worker threads). The admin handler (`admin::reload`) refuses a plan with any of the
+//! latter and applies the rest as one atomic step.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Config, Sticky, POOL_COUNT};
+
+/// The members a pool gains and loses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    pub added: Vec<SocketAddr>,
+    pub removed: Vec<SocketAddr>,
+}
+
+impl Membership {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// One setting that differs: its key as written in the file, and both values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Setting {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} → {}", self.key, self.from, self.to)
+    }
+}
+
+/// Everything a new configuration changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Per pool, in configuration order.
+    pub members: [Membership; POOL_COUNT],
+    /// Settings that change in place.
+    pub settings: Vec<Setting>,
+    /// Settings that differ but cannot change without an upgrade or a restart.
+    pub restart: Vec<Setting>,
+}
+
+impl Plan {
+    /// The plan that turns `old` into `new`.
+    pub fn between(old: &Config, new: &Config) -> Plan {
+        let mut plan = Plan::default();
+        for (i, (o, n)) in old.pools.iter().zip(&new.pools).enumerate() {
+            if o.name != n.name {
+                plan.restart.push(setting(
+                    &format!("pools.{}", o.name),
+                    &o.name,
+                    &format!("pools.{}", n.name),
+                ));
+                continue;
+            }
+            plan.members[i] = Membership {
+                added: n
+                    .backends
+                    .iter()
+                    .filter(|a| !o.backends.contains(a))
+                    .copied()
+                    .collect(),
+                removed: o
+                    .backends
+                    .iter()
+                    .filter(|a| !n.backends.contains(a))
+                    .copied()
+                    .collect(),
+            };
+        }
+
+        let mut d = Differ { plan: &mut plan };
+        // Bound once, handed to pingora and the kernel: an upgrade (or restart) moves them.
+        d.restart("listen.http", &addrs(&old.listen), &addrs(&new.listen));
+        d.restart(
+            "admin.socket",
+            &old.admin.socket.display(),
+            &new.admin.socket.display(),
+        );
+        d.restart(
+            "admin.listen",
+            &opt(&old.admin.listen),
+            &opt(&new.admin.listen),
+        );
+        d.restart(
+            "admin.token_file",
+            &opt_path(&old.admin.token_file),
+            &opt_path(&new.admin.token_file),
+        );
+        d.restart(
+            "metrics.listen",
+            &opt(&old.metrics.listen),
+            &opt(&new.metrics.listen),
+        );
+        d.restart(
+            "state.dir",
+            &old.state.dir.display(),
+            &new.state.dir.display(),
+        );
+        d.restart("server.threads", &old.server.threads, &new.server.threads);
+        d.restart(
+            "shutdown.grace_period",
+            &dur(old.shutdown.grace_period),
+            &dur(new.shutdown.grace_period),
+        );
+
+        let (o, n) = (&old.health, &new.health);
+        d.set("health.enabled", &o.enabled, &n.enabled);
+        d.set("health.path", &o.path, &n.path);
+        d.set("health.interval", &dur(o.interval), &dur(n.interval));
+        d.set("health.timeout", &dur(o.timeout), &dur(n.timeout));
+        d.set("health.rise", &o.rise, &n.rise);
+        d.set("health.fall", &o.fall, &n.fall);
+        d.set("health.min_healthy", &o.min_healthy, &n.min_healthy);
+
+        let (o, n) = (&old.upstream, &new.upstream);
+        for (key, a, b) in [
+            (
+                "upstream.connect_timeout",
+                o.connect_timeout,
+                n.connect_timeout,
+            ),
+            ("upstream.read_timeout", o.read_timeout, n.read_timeout),
+            ("upstream.write_timeout", o.write_timeout, n.write_timeout),
+            ("upstream.idle_timeout", o.idle_timeout, n.idle_timeout),
+        ] {
+            d.set(key, &dur(a), &dur(b));
+        }
+
+        let (o, n) = (&old.guard, &new.guard);
+        d.set("guard.enabled", &o.enabled, &n.enabled);
+        d.set("guard.window", &dur(o.window), &dur(n.window));
+        d.set("guard.min_requests", &o.min_requests, &n.min_requests);
+        d.set(
+            "guard.max_error_ratio",
+            &o.max_error_ratio,
+            &n.max_error_ratio,
+        );
+        d.set(
+            "guard.max_p99",
+            &o.max_p99.map_or("none".into(), dur),
+            &n.max_p99.map_or("none".into(), dur),
+        );
+        d.set(
+            "guard.watch_after_flip",
+            &dur(o.watch_after_flip),
+            &dur(n.watch_after_flip),
+        );
+
+        let (o, n) = (&old.routing, &new.routing);
+        d.set("routing.sticky", &sticky(&o.sticky), &sticky(&n.sticky));
+        d.set(
+            "routing.response_header",
+            &o.response_header,
+            &n.response_header,
+        );
+        d.set(
+            "routing.preview_token_file",
+            &opt_path(&o.preview_token_file),
+            &opt_path(&n.preview_token_file),
+        );
+        d.set(
+            "routing.initial_primary",
+            &old.pools[o.initial_primary].name,
+            &new.pools[n.initial_primary].name,
+        );
+        d.set(
+            "listen.trusted_proxies",
+            &list(&old.trusted_proxies),
+            &list(&new.trusted_proxies),
+        );
+        d.set("log.access", &old.log.access, &new.log.access);
+        d.set("notify.webhook", &hooks(old), &hooks(new));
+        plan
+    }
+
+    /// Nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.members.iter().all(Membership::is_empty)
+            && self.settings.is_empty()
+            && self.restart.is_empty()
+    }
+
+    /// Adds a change that the files alone do not show (a rotated token file).
+    pub fn note(&mut self, key: &str, from: &str, to: &str) {
+        self.settings.push(setting(key, from, to));
+    }
+
+    /// One line: `green: +10.0.1.5:8000 −10.0.1.1:8000; guard.max_error_ratio 0.05 → 0.02`.
+    pub fn summary(&self, names: &[String]) -> String {
+        let mut parts = Vec::new();
+        for (name, m) in names.iter().zip(&self.members) {
+            if m.is_empty() {
+                continue;
+            }
+            let added = m.added.iter().map(|a| format!("+{a}"));
+            let removed = m.removed.iter().map(|a| format!("−{a}"));
+            parts.push(format!(
+                "{name}: {}",
+                added.chain(removed).collect::<Vec<_>>().join(" ")
+            ));
+        }
+        parts.extend(self.settings.iter().map(Setting::to_string));
+        if parts.is_empty() {
+            "no change".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// Sorts differences into the plan.
+struct Differ<'a> {
+    plan: &'a mut Plan,
+}
+
+impl Differ<'_> {
+    fn set(&mut self, key: &str, old: &dyn Display, new: &dyn Display) {
+        let (from, to) = (old.to_string(), new.to_string());
+        if from != to {
+            self.plan.settings.push(setting(key, &from, &to));
+        }
+    }
+
+    fn restart(&mut self, key: &str, old: &dyn Display, new: &dyn Display) {
+        let (from, to) = (old.to_string(), new.to_string());
+        if from != to {
+            self.plan.restart.push(setting(key, &from, &to));
+        }
+    }
+}
+
+fn setting(key: &str, from: &str, to: &str) -> Setting {
+    Setting {
+        key: key.into(),
+        from: from.into(),
+        to: to.into(),
+    }
+}
+
+fn dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn addrs(a: &[SocketAddr]) -> String {
+    list(a)
+}
+
+fn list<T: Display>(items: &[T]) -> String {
+    let s: Vec<String> = items.iter().map(T::to_string).collect();
+    format!("[{}]", s.join(", "))
+}
+
+fn opt<T: Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("none".into(), T::to_string)
+}
+
+fn opt_path(v: &Option<std::path::PathBuf>) -> String {
+    v.as_deref()
+        .map_or("none".into(), |p: &Path| p.display().to_string())
+}
+
+fn sticky(s: &Sticky) -> String {
+    match s {
+        Sticky::Cookie => "cookie".into(),
+        Sticky::Header(h) => format!("header:{h}"),
+        Sticky::Ip => "ip".into(),
+        Sticky::None => "none".into(),
+    }
+}
+
+/// The webhooks as one comparable line (URLs, formats and events; no secrets live in them).
+fn hooks(c: &Config) -> String {
+    let hooks: Vec<String> = c
+        .notify
+        .iter()
+        .map(|h| {
+            format!(
+                "{} ({:?}, {}, {})",
+                h.url,
+                h.format,
+                h.events.join("+"),
+                dur(h.timeout)
+            )
+            .to_lowercase()
+        })
+        .collect();
+    format!("[{}]", hooks.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str, green: &str) -> Config {
+        let text = format!(
+            "[pools.blue]\nbackends = [\"127.0.0.1:8001\"]\n[pools.green]\nbackends = [{green}]\n{extra}"
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn the_same_file_changes_nothing() {
+        let c = config("", "\"127.0.0.1:9001\"");
+        let plan = Plan::between(&c, &c.clone());
+        assert!(plan.is_empty());
+        assert_eq!(plan.summary(&["blue".into(), "green".into()]), "no change");
+    }
+
+    #[test]
+    fn members_and_settings_are_described_in_one_line() {
+        let old = config(
+            "[guard]\nmax_error_ratio = 0.05\n",
+            "\"127.0.0.1:9001\", \"127.0.0.1:9002\"",
+        );
+        let new = config(
+            "[guard]\nmax_error_ratio = 0.02\n",
+            "\"127.0.0.1:9002\", \"127.0.0.1:9005\"",
+        );
+        let plan = Plan::between(&old, &new);
+        assert!(plan.restart.is_empty());
+        assert_eq!(plan.members[0], Membership::default());
+        assert_eq!(plan.members[1].added, ["127.0.0.1:9005".parse().unwrap()]);
+        assert_eq!(plan.members[1].removed, ["127.0.0.1:9001".parse().unwrap()]);
+        assert_eq!(
+            plan.summary(&["blue".into(), "green".into()]),
+            "green: +127.0.0.1:9005 −127.0.0.1:9001; guard.max_error_ratio 0.05 → 0.02"
+        );
+    }
+
+    #[test]
+    fn listeners_and_directories_need_a_restart() {
+        let old = config("", "\"127.0.0.1:9001\"");
+        let new = config(
+            "[listen]\nhttp = [\"127.0.0.1:8181\"]\n[state]\ndir = \"/tmp/elsewhere\"\n",
+            "\"127.0.0.1:9001\"",
+        );
+        let plan = Plan::between(&old, &new);
+        let keys: Vec<&str> = plan.restart.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["listen.http", "state.dir"]);
+        assert!(plan.settings.is_empty());
+    }
+
+    #[test]
+    fn a_renamed_pool_needs_a_restart() {
+        let old = config("", "\"127.0.0.1:9001\"");
+        let text = "[pools.blue]\nbackends = [\"127.0.0.1:8001\"]\n[pools.teal]\nbackends = [\"127.0.0.1:9001\"]\n";
+        let new = Config::parse(text, "t.toml").unwrap();
+        let plan = Plan::between(&old, &new);
+        assert_eq!(plan.restart[0].key, "pools.green");
+        assert_eq!(plan.restart[0].to, "pools.teal");
+    }
+
+    #[test]
+    fn every_in_place_section_is_compared() {
+        let old = config("", "\"127.0.0.1:9001\"");
+        let new = config(
+            "[health]\ninterval = \"1s\"\nrise = 3\n[upstream]\nread_timeout = \"5s\"\n\
+             [routing]\nsticky = \"ip\"\nresponse_header = false\n[log]\naccess = true\n\
+             [[notify.webhook]]\nurl = \"http://127.0.0.1:1/hook\"\n",
+            "\"127.0.0.1:9001\"",
+        );
+        let plan = Plan::between(&old, &new);
+        let keys: Vec<&str> = plan.settings.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "health.interval",
+                "health.rise",
+                "upstream.read_timeout",
+                "routing.sticky",
+                "routing.response_header",
+                "log.access",
+                "notify.webhook"
+            ]
+        );
+        assert!(plan.restart.is_empty());
+    }
+}
