@@ -559,7 +559,10 @@ async fn a_new_binary_that_cannot_start_leaves_the_old_process_serving() {
         err.contains("switchyard.toml:"),
         "the error is located: {err}"
     );
-    assert!(err.contains("switchyard.toml:24:19:"), "at the line and column: {err}");
+    assert!(
+        err.contains("switchyard.toml:24:19:"),
+        "at the line and column: {err}"
+    );
     assert!(err.contains("max_error_ratio"), "{err}");
     unchanged("after a refused config", &status(&f.socket).await.unwrap());
     assert_eq!(get(f.addr, "/").await.text(), "green");
