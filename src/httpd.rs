@@ -193,8 +193,9 @@ impl HandOver {
                 let l = match self.prebound.take() {
                     Some(l) => l,
                     None => {
-                        tracing::warn!(
-                            "{} was not handed over by the old process (an older release?);                              binding it anew",
+                        tracing::info!(
+                            "{} is not among the sockets the old process handed over (a new address, or an \
+                             old process that did not hand it over): binding it",
                             self.key
                         );
                         match &self.kind {
