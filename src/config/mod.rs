@@ -181,7 +181,9 @@ pub struct LogConfig {
 }
 
 /// Notification event names a webhook may subscribe to.
-pub const EVENT_KINDS: &[&str] = &["flip", "canary", "promote", "rollback", "guard", "rollout"];
+pub const EVENT_KINDS: &[&str] = &[
+    "flip", "canary", "promote", "rollback", "guard", "rollout", "reload",
+];
 
 /// One problem in a configuration file, with its location when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
