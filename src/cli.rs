@@ -63,6 +63,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             println!("{}: ok: {}", path.display(), config.summary());
+            for warning in unresolved_names(&config) {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -75,6 +78,32 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The backend names that do not resolve now, each with why: worth a warning, not an error
+/// (the name may be registered by the deploy that is about to happen).
+fn unresolved_names(config: &Config) -> Vec<String> {
+    let names: Vec<_> = config.pools.iter().flat_map(|p| p.names.clone()).collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return vec!["cannot start a runtime to resolve the backend names".into()];
+    };
+    rt.block_on(crate::dns::Names::lookup_all(&config.dns, names))
+        .into_iter()
+        .filter_map(|(name, answer)| {
+            answer.err().map(|e| {
+                format!(
+                    "backend name {name} does not resolve now ({e}); its pool gets its addresses \
+                     once it does"
+                )
+            })
+        })
+        .collect()
 }
 
 /// Catches signals from the start, so none arriving during start-up is lost.

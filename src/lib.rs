@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod dns;
 pub mod forwarding;
 pub mod guard;
 pub mod health;

@@ -40,6 +40,8 @@ pub mod names {
     pub const PREVIEW_REJECTED: &str = "switchyard_preview_rejected_total";
     pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
     pub const NOTIFY_FAILURES: &str = "switchyard_notify_failures_total";
+    pub const DNS_FAILURES: &str = "switchyard_dns_failures_total";
+    pub const DNS_CHANGES: &str = "switchyard_dns_changes_total";
 }
 
 /// Latency buckets for a proxy: from 0.5 ms (a cached or local answer) to 10 s (a timeout).
@@ -95,6 +97,10 @@ pub struct Metrics {
     pub preview_rejected: IntCounter,
     config_reloads: IntCounterVec,
     pub notify_failures: IntCounter,
+    /// Lookups of a backend name that failed or came back empty, by name.
+    pub dns_failures: IntCounterVec,
+    /// Lookups of a backend name that changed its set of addresses, by name.
+    pub dns_changes: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -230,6 +236,19 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            dns_failures: counter_vec(
+                &registry,
+                names::DNS_FAILURES,
+                "Lookups of a backend name that failed or returned no address (the last good \
+                 set is kept), by name.",
+                &["name"],
+            ),
+            dns_changes: counter_vec(
+                &registry,
+                names::DNS_CHANGES,
+                "Lookups of a backend name whose set of addresses changed, by name.",
+                &["name"],
+            ),
             registry,
             pools,
             pool_names,
@@ -245,7 +264,17 @@ impl Metrics {
         for r in ["ok", "error"] {
             m.config_reloads.with_label_values(&[r]);
         }
+        for name in config.pools.iter().flat_map(|p| &p.names) {
+            m.dns_names(&name.to_string());
+        }
         m
+    }
+
+    /// Makes a backend name's DNS series read 0 from now on (at start, and for a name a reload
+    /// adds).
+    pub fn dns_names(&self, name: &str) {
+        self.dns_failures.with_label_values(&[name]);
+        self.dns_changes.with_label_values(&[name]);
     }
 
     /// Records a finished request on `pool`. `status` 0 means no response was sent.

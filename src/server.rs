@@ -20,6 +20,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::admin::http::{AdminService, TokenError, Tokens};
 use crate::admin::{Admin, AdminParts};
 use crate::config::Config;
+use crate::dns::{self, Names};
 use crate::guard::GuardService;
 use crate::health::{HealthChecker, HealthControl};
 use crate::httpd::{HandOver, Kind, Listener, UnixBindError};
@@ -186,6 +187,8 @@ impl Switchyard {
         };
         let (notifier, delivery) = Notifier::new(config.notify.clone(), metrics.clone());
         let health = HealthControl::new(config.health.clone());
+        let dns = Names::new(&config, metrics.clone());
+        resolve_at_start(&config, &dns);
         let (switchboard, admin) = Admin::start(
             &config,
             AdminParts {
@@ -193,6 +196,7 @@ impl Switchyard {
                 preview,
                 notifier: notifier.clone(),
                 health: health.clone(),
+                dns: dns.clone(),
                 config_path: config_path.clone(),
             },
         )?;
@@ -288,6 +292,9 @@ impl Switchyard {
         add_background(&mut server, "notifications", delivery);
         let checker = HealthChecker::new(switchboard.clone(), health);
         add_background(&mut server, "health checks", checker);
+        let applier = admin.clone();
+        let watcher = dns::Watcher::new(dns, Arc::new(move || applier.apply_dns()));
+        add_background(&mut server, "dns", watcher);
         if let Some(endpoint) = metrics_endpoint {
             server.add_service(MetricsService::new(
                 metrics.clone(),
@@ -527,6 +534,34 @@ where
     let mut svc = background_service(name, task);
     svc.threads = Some(1);
     server.add_service(svc);
+}
+
+/// Resolves the backend names once before the pools are built, so that they start whole rather
+/// than fill in a refresh later. Bounded by the lookup timeout; a name that fails here is logged
+/// and left to the watcher's retries (the process starts anyway: DNS may be back in a moment).
+fn resolve_at_start(config: &Config, names: &dns::Names) {
+    let pending = names.unknown(config);
+    if pending.is_empty() {
+        return;
+    }
+    // On a thread of its own: `build` may be called from inside a runtime (tests, embedders).
+    let dns_config = config.dns.clone();
+    let found = std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(dns::Names::lookup_all(&dns_config, pending)))
+            })
+            .join()
+    });
+    match found {
+        Ok(Ok(found)) => {
+            names.record(found);
+        }
+        _ => tracing::warn!("cannot resolve backend names at start; the watcher will retry"),
+    }
 }
 
 fn create_dir(path: &std::path::Path) -> Result<(), StartError> {

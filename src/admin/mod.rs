@@ -26,10 +26,12 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{Config, MAX_BP};
+use crate::dns::{NameStatus, Names};
 use crate::guard::{judge, Verdict};
 use crate::health::HealthControl;
 use crate::metrics::{Metrics, WindowStats, STATUS_WINDOW};
 use crate::notify::{Event, Notifier};
+use crate::pools::Pool;
 use crate::preview::{PreviewKey, PREVIEW_COOKIE};
 use crate::rollout::{steps_to_bp, Next, Rollout};
 use crate::routing::{other, PoolId, RouteState, Switchboard};
@@ -286,6 +288,9 @@ pub struct PoolStatus {
     pub error_ratio: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Backend names of this pool: what each resolved to, when, and when it is looked up next.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<NameStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -367,6 +372,8 @@ pub struct Admin {
     config_path: Option<PathBuf>,
     /// The health checker's settings and wake-up, for a reload.
     health: Arc<HealthControl>,
+    /// Backend names and what they resolve to.
+    dns: Arc<Names>,
     store: StateStore,
     names: Vec<String>,
     /// Serialises changes: check, swap and persist happen as one step per change.
@@ -385,6 +392,8 @@ pub struct AdminParts {
     pub preview: Option<PreviewKey>,
     pub notifier: Notifier,
     pub health: Arc<HealthControl>,
+    /// Backend names and what they resolved to (at start: whatever resolved in time).
+    pub dns: Arc<Names>,
     /// The configuration file, for reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -488,6 +497,7 @@ impl Admin {
             preview,
             notifier,
             health,
+            dns,
             config_path,
         } = parts;
         let store = StateStore::new(&config.state.dir);
@@ -602,7 +612,8 @@ impl Admin {
             until: None,
         });
         let settings = ProxySettings::from_config(config, preview);
-        let switchboard = Arc::new(Switchboard::new(config, state, salt, settings));
+        let pools = Pool::with_config(config, &reload::members_with(config, &dns, &Vec::new()));
+        let switchboard = Arc::new(Switchboard::with_pools(pools, state, salt, settings));
         let admin = Admin {
             switchboard: switchboard.clone(),
             metrics,
@@ -610,6 +621,7 @@ impl Admin {
             config: ArcSwap::from_pointee(config.clone()),
             config_path,
             health,
+            dns,
             store,
             names,
             ledger: Mutex::new(Ledger {
@@ -1399,6 +1411,7 @@ impl Admin {
         let config = self.config();
         let (guard, min_healthy) = (&config.guard, config.health.min_healthy);
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let dns = self.dns.status();
         let pools = table
             .pools
             .iter()
@@ -1432,6 +1445,16 @@ impl Admin {
                         error_ratio: w.error_ratio(),
                         p50_ms: ms(w.p50),
                         p99_ms: ms(w.p99),
+                        dns: dns
+                            .iter()
+                            .filter(|n| {
+                                config.pools[id]
+                                    .names
+                                    .iter()
+                                    .any(|m| m.to_string() == n.name)
+                            })
+                            .cloned()
+                            .collect(),
                     },
                 )
             })
@@ -1519,6 +1542,7 @@ mod tests {
             preview: None,
             notifier: notifier(config),
             health: HealthControl::new(config.health.clone()),
+            dns: Names::new(config, metrics(config)),
             config_path: None,
         }
     }
