@@ -26,6 +26,10 @@ pub enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Take over the listening sockets of a running switchyard. Set by `switchyard ctl
+        /// upgrade`, which starts this process; not for use by hand.
+        #[arg(long, hide = true)]
+        upgrade: bool,
     },
     /// Validate a configuration file: print every error, exit 0 if there is none, 1 otherwise.
     Check {
@@ -49,7 +53,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, upgrade } => serve(&config, upgrade),
         Command::Demo { listen, metrics } => run_demo(&listen, &metrics),
         Command::Ctl(args) => crate::ctl::run(args),
     }
@@ -113,7 +117,7 @@ fn signals() -> Option<ProcessSignals> {
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
+fn serve(path: &std::path::Path, upgrade: bool) -> ExitCode {
     crate::logging::init();
     let Some(signals) = signals() else {
         return ExitCode::from(1);
@@ -131,7 +135,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match Switchyard::build(config, Some(path.to_path_buf()), RunMode::process()) {
+    // Reload re-reads, and `ctl upgrade` restarts from, the same file, by its absolute path
+    // (the proxy's working directory is not the operator's).
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mode = RunMode {
+        hand_over: Some(signals.hand_over_trigger()),
+        upgrade,
+        ..RunMode::process()
+    };
+    match Switchyard::build(config, Some(path), mode) {
         Ok(mut app) => {
             app.reload_on(&signals);
             app.run(signals.run_args());

@@ -17,12 +17,12 @@ use prometheus::{
 };
 
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use pingora::server::{ListenFds, ShutdownWatch};
 
 use crate::config::{Config, POOL_COUNT};
-use crate::httpd::{self, Listener};
+use crate::httpd::{self, HandOver};
 use crate::routing::{PoolId, Switchboard};
+use crate::upgrade::HandedOver;
 
 /// Metric names, in one place (SPEC §5).
 pub mod names {
@@ -368,32 +368,47 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on the metrics listener.
+///
+/// A pingora `Service` so that its socket is handed to the new process on `ctl upgrade`
+/// (upgrade.rs): scrapes never meet "connection refused" during an upgrade.
 pub struct MetricsService {
     metrics: Arc<Metrics>,
     switchboard: Arc<Switchboard>,
-    listener: std::sync::Mutex<Option<Listener>>,
+    endpoint: HandOver,
+    handed_over: HandedOver,
 }
 
 impl MetricsService {
-    pub fn new(metrics: Arc<Metrics>, switchboard: Arc<Switchboard>, listener: Listener) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        switchboard: Arc<Switchboard>,
+        endpoint: HandOver,
+        handed_over: HandedOver,
+    ) -> Self {
         MetricsService {
             metrics,
             switchboard,
-            listener: std::sync::Mutex::new(Some(listener)),
+            endpoint,
+            handed_over,
         }
     }
 }
 
 #[async_trait]
-impl BackgroundService for MetricsService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
+impl pingora::services::Service for MetricsService {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let stop = self.handed_over.stop_accepting(shutdown.clone());
+        let listener = match self.endpoint.open(fds.as_ref()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("METRICS UNAVAILABLE: {e}; restart switchyard to get them back");
+                return;
+            }
         };
         let (metrics, switchboard) = (self.metrics.clone(), self.switchboard.clone());
         httpd::serve(
@@ -416,9 +431,28 @@ impl BackgroundService for MetricsService {
                 };
                 async move { resp }
             },
-            shutdown,
+            stop,
         )
         .await;
+        // The socket stays open (held by the endpoint) until the server stops: pingora's fd
+        // table refers to it by number.
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "metrics"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![self.endpoint.key().to_string()])
     }
 }
 

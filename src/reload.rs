@@ -237,6 +237,12 @@ impl Plan {
     }
 }
 
+/// Whether a key that cannot change in place cannot change through a binary upgrade either: the
+/// new process takes over the old one's admin socket, state directory and pools.
+pub fn restart_only(key: &str) -> bool {
+    key == "admin.socket" || key == "state.dir" || key.starts_with("pools.")
+}
+
 /// Sorts differences into the plan.
 struct Differ<'a> {
     plan: &'a mut Plan,

@@ -18,6 +18,7 @@ pub use reload::Reloaded;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,13 @@ pub enum Reply {
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Status {
+    /// The process answering, so `ctl upgrade` can tell the new process from the old.
+    pub pid: u32,
+    pub version: String,
+    /// When this process started (RFC 3339).
+    pub started: String,
+    /// A binary upgrade is under way: changes are refused until it ends (upgrade.rs).
+    pub upgrading: bool,
     pub primary: String,
     pub canary_pool: String,
     pub canary_bp: u32,
@@ -374,6 +382,9 @@ pub struct Admin {
     reloads: Mutex<()>,
     /// A membership change from DNS that the health gate holds back (logged once).
     dns_held: Mutex<Option<String>>,
+    /// Set while a binary upgrade hands over (upgrade.rs): every change and reload is refused
+    /// and the guard and rollouts hold, so state.json is final when the new process reads it.
+    frozen: AtomicBool,
 }
 
 /// What an [`Admin`] is built from, besides the configuration.
@@ -624,8 +635,84 @@ impl Admin {
             }),
             reloads: Mutex::new(()),
             dns_held: Mutex::new(None),
+            frozen: AtomicBool::new(false),
         };
         Ok((switchboard, admin))
+    }
+
+    // --- binary upgrade (upgrade.rs): freeze, unfreeze, and the state read after a hand-over ---
+
+    /// Stops every change (409 `upgrade_in_progress`) and the guard's and rollouts' ticks. Taken
+    /// under the change lock, so a change already under way finishes (and is saved) first.
+    pub fn freeze(&self) {
+        let _ledger = self.lock_ledger();
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Lifts [`Admin::freeze`] after an upgrade that did not happen.
+    pub fn unfreeze(&self) {
+        let _ledger = self.lock_ledger();
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    /// Refuses a change while the binary is being upgraded (the new process owns the state from
+    /// the hand-over on). Changes and reloads call it under the change lock.
+    fn refuse_while_upgrading(&self) -> Result<(), AdminError> {
+        if self.is_frozen() {
+            return Err(AdminError::Conflict {
+                code: "upgrade_in_progress",
+                message: "a binary upgrade is handing over to a new process; changes are \
+                          refused until it is done (retry in a few seconds: the new process \
+                          takes them)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// After an upgrade hand-over: takes the routing state, rollback target, rollout and
+    /// canary watch from state.json again. The old process froze before this process was
+    /// started, so the file is final; reading it after the hand-over rather than only at build
+    /// time makes sure of it. A file that cannot be read keeps what build read.
+    pub fn adopt_saved_state(&self) {
+        let mut ledger = self.lock_ledger();
+        let Loaded::Valid {
+            state,
+            previous,
+            since,
+            rollout,
+            ..
+        } = self.store.load(&self.names)
+        else {
+            tracing::warn!("after the hand-over, state.json could not be read again; keeping the state read at start");
+            return;
+        };
+        let now = Instant::now();
+        if state != self.switchboard.state() {
+            tracing::info!(
+                "state changed during the hand-over: now {} (generation {})",
+                state::describe(&state, &self.names),
+                state.generation
+            );
+        }
+        self.switchboard.store_state(state);
+        ledger.previous = previous;
+        ledger.since = since;
+        ledger.rollout = rollout.and_then(|r| Rollout::from_file(&r, &self.names, now));
+        if state.canary_bp == 0 {
+            ledger.watch = None;
+        } else if ledger.watch.is_none_or(|w| w.pool != state.canary_pool()) {
+            ledger.watch = Some(Watch {
+                pool: state.canary_pool(),
+                kind: WatchKind::Canary,
+                since: now,
+                until: None,
+            });
+        }
     }
 
     pub fn switchboard(&self) -> &Arc<Switchboard> {
@@ -637,16 +724,21 @@ impl Admin {
         self.config.load_full()
     }
 
-    /// Refuses a change while the binary is being upgraded (the new process owns the state from
-    /// the hand-over on).
-    fn refuse_while_upgrading(&self) -> Result<(), AdminError> {
-        Ok(())
-    }
-
     /// Handles one command on behalf of `actor`. Blocking (changes fsync): call it off the
     /// async executor.
     pub fn handle(&self, cmd: AdminCommand, actor: &str) -> Result<Reply, AdminError> {
         let received = Instant::now();
+        let reads = matches!(
+            cmd,
+            AdminCommand::Health
+                | AdminCommand::Status
+                | AdminCommand::History { .. }
+                | AdminCommand::PreviewCookie { .. }
+        );
+        if !reads {
+            // Checked again under the change lock (apply, pause_rollout); this is the early no.
+            self.refuse_while_upgrading()?;
+        }
         match cmd {
             AdminCommand::Health => Ok(Reply::Health { ok: true }),
             AdminCommand::Status => Ok(Reply::Status(self.status(&self.lock_ledger()))),
@@ -839,6 +931,7 @@ impl Admin {
         pause: bool,
     ) -> Result<Reply, AdminError> {
         let mut ledger = self.lock_ledger();
+        self.refuse_while_upgrading()?;
         let now = Instant::now();
         let before = ledger.rollout.clone().ok_or_else(no_rollout)?;
         let r = ledger.rollout.as_mut().expect("checked above");
@@ -944,6 +1037,7 @@ impl Admin {
         spec: Spec<'_>,
         next: impl FnOnce(RouteState, &Ledger) -> Result<RouteState, AdminError>,
     ) -> Result<Reply, AdminError> {
+        self.refuse_while_upgrading()?;
         let cur = self.switchboard.state();
         if let Some(want) = spec.opts.if_generation {
             if want != cur.generation {
@@ -1082,6 +1176,10 @@ impl Admin {
     pub fn tick(&self) {
         let now = Instant::now();
         let mut ledger = self.lock_ledger();
+        if self.is_frozen() {
+            // An upgrade is handing over: the new process judges and advances from here on.
+            return;
+        }
         let config = self.config();
         let guard = &config.guard;
         if ledger
@@ -1403,6 +1501,10 @@ impl Admin {
             window_s: guard.window.as_secs(),
         };
         Status {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: crate::upgrade::started().to_string(),
+            upgrading: self.is_frozen(),
             primary: self.names[st.primary].clone(),
             canary_pool: self.names[st.canary_pool()].clone(),
             canary_bp: st.canary_bp,

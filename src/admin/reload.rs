@@ -121,17 +121,36 @@ impl Admin {
         let new_members = members_with(&new, &self.dns, &fresh);
         let mut plan = Plan::between(&old, &new, &old_members, &new_members);
         if !plan.restart.is_empty() {
+            let (restart, upgrade): (Vec<&Setting>, Vec<&Setting>) = plan
+                .restart
+                .iter()
+                .partition(|s| crate::reload::restart_only(&s.key));
+            let keys = |v: &[&Setting]| {
+                v.iter()
+                    .map(|s| s.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let how = match (upgrade.is_empty(), restart.is_empty()) {
+                (false, true) => format!(
+                    "{} cannot change in place: apply it with `switchyard ctl upgrade` (the same \
+                     binary is fine) or a restart",
+                    keys(&upgrade)
+                ),
+                _ => format!(
+                    "{} cannot change without a restart (an upgrade keeps the socket, state \
+                     directory and pools it has){}",
+                    keys(&restart),
+                    if upgrade.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} would also need an upgrade or restart", keys(&upgrade))
+                    }
+                ),
+            };
             return Err(AdminError::Unprocessable {
                 code: "restart_required",
-                message: format!(
-                    "{} cannot change in place; nothing was changed: apply it with \
-                     `switchyard ctl upgrade` (same binary is fine) or a restart",
-                    plan.restart
-                        .iter()
-                        .map(|s| s.key.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                message: format!("{how}; nothing was changed"),
                 details: plan.restart.iter().map(ToString::to_string).collect(),
             });
         }
