@@ -18,10 +18,9 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
-use crate::admin::{Admin, AdminParts};
+use crate::admin::{Admin, AdminParts, GuardService};
 use crate::config::Config;
 use crate::dns::{self, Names};
-use crate::guard::GuardService;
 use crate::health::{HealthChecker, HealthControl};
 use crate::httpd::{HandOver, Kind, Listener, UnixBindError};
 use crate::metrics::{Metrics, MetricsService};
