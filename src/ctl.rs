@@ -521,7 +521,18 @@ fn render_reload(a: &Value) -> String {
 
 fn routing_line(a: &Value) -> String {
     let bp = a["canary_bp"].as_u64().unwrap_or(0) as u32;
-    if bp == 0 {
+    let failover = a["failover"].as_array().and_then(|f| {
+        f.iter().find(|f| f["from"] == a["primary"]).map(|f| {
+            format!(
+                "{} serving {}'s traffic (failover)",
+                s(&f["to"]),
+                s(&f["from"])
+            )
+        })
+    });
+    if let Some(line) = failover {
+        line
+    } else if bp == 0 {
         format!("{} is live", s(&a["primary"]))
     } else {
         format!(

@@ -4,7 +4,8 @@
 //! figures over a sliding `window` (the same lock-free window `status` reads, so the guard adds
 //! nothing to the request path) are judged once it has `min_requests`: an error ratio (5xx and
 //! upstream errors) above `max_error_ratio`, or a p99 above `max_p99`, is a breach, and a breach
-//! rolls back at once. The judgement itself, [`judge`], is a pure function; the admin handler's
+//! rolls back at once. Besides `min_requests`, a colour is judged only once it has been watched
+//! for `min_duration`: a second's burst after a change is not evidence enough either way. The judgement itself, [`judge`], is a pure function; the admin handler's
 //! guard loop (`admin::watch`) ticks it and makes the rollback.
 
 use std::time::Duration;
@@ -22,10 +23,14 @@ pub const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
-    /// Fewer than `min_requests` so far: no judgement yet.
+    /// Fewer than `min_requests` so far, or watched for less than `min_duration`: no judgement
+    /// yet.
     Waiting {
         requests: u64,
         min_requests: u64,
+        /// Seconds watched so far, of `min_duration_s`.
+        observed_s: f64,
+        min_duration_s: f64,
     },
     Healthy,
     Breach {
@@ -33,12 +38,15 @@ pub enum Verdict {
     },
 }
 
-/// Judges `stats` against the thresholds in `cfg`.
-pub fn judge(stats: &WindowStats, cfg: &GuardConfig) -> Verdict {
-    if stats.requests < cfg.min_requests.max(1) {
+/// Judges `stats`, gathered over the `observed` time since the change, against the thresholds
+/// in `cfg`.
+pub fn judge(stats: &WindowStats, observed: Duration, cfg: &GuardConfig) -> Verdict {
+    if stats.requests < cfg.min_requests.max(1) || observed < cfg.min_duration {
         return Verdict::Waiting {
             requests: stats.requests,
             min_requests: cfg.min_requests,
+            observed_s: (observed.as_secs_f64() * 10.0).round() / 10.0,
+            min_duration_s: cfg.min_duration.as_secs_f64(),
         };
     }
     let ratio = stats.error_ratio();
@@ -80,6 +88,7 @@ mod tests {
             max_error_ratio: 0.05,
             max_p99: Some(Duration::from_millis(500)),
             watch_after_flip: Duration::from_secs(300),
+            min_duration: Duration::from_secs(10),
         }
     }
 
@@ -93,18 +102,41 @@ mod tests {
         }
     }
 
+    /// Judged after a minute of watching (well past `min_duration`).
+    fn judge_(stats: &WindowStats, cfg: &GuardConfig) -> Verdict {
+        judge(stats, Duration::from_secs(60), cfg)
+    }
+
+    #[test]
+    fn no_judgement_before_min_duration() {
+        let v = judge(&stats(500, 500, 10), Duration::from_millis(9_900), &cfg());
+        assert_eq!(
+            v,
+            Verdict::Waiting {
+                requests: 500,
+                min_requests: 50,
+                observed_s: 9.9,
+                min_duration_s: 10.0
+            }
+        );
+        assert!(matches!(
+            judge(&stats(500, 500, 10), Duration::from_secs(10), &cfg()),
+            Verdict::Breach { .. }
+        ));
+    }
+
     #[test]
     fn no_judgement_before_min_requests() {
         assert!(matches!(
-            judge(&stats(49, 49, 9000), &cfg()),
+            judge_(&stats(49, 49, 9000), &cfg()),
             Verdict::Waiting { .. }
         ));
     }
 
     #[test]
     fn the_error_ratio_is_judged_strictly_above_the_threshold() {
-        assert_eq!(judge(&stats(100, 5, 10), &cfg()), Verdict::Healthy);
-        let Verdict::Breach { reason } = judge(&stats(100, 6, 10), &cfg()) else {
+        assert_eq!(judge_(&stats(100, 5, 10), &cfg()), Verdict::Healthy);
+        let Verdict::Breach { reason } = judge_(&stats(100, 6, 10), &cfg()) else {
             panic!("6% must breach 5%");
         };
         assert_eq!(reason, "error ratio 6.0% > 5.0% (6 of 100 requests)");
@@ -113,11 +145,11 @@ mod tests {
     #[test]
     fn p99_is_judged_when_configured() {
         assert!(matches!(
-            judge(&stats(100, 0, 600), &cfg()),
+            judge_(&stats(100, 0, 600), &cfg()),
             Verdict::Breach { .. }
         ));
         let mut c = cfg();
         c.max_p99 = None;
-        assert_eq!(judge(&stats(100, 0, 600), &c), Verdict::Healthy);
+        assert_eq!(judge_(&stats(100, 0, 600), &c), Verdict::Healthy);
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 /// A guard quick enough for tests: 3 s window, judged from 50 requests, 5 % errors.
 const GUARD: &str = "[guard]\nwindow = \"3s\"\nmin_requests = 50\nmax_error_ratio = 0.05\n\
-                     watch_after_flip = \"30s\"\n";
+                     watch_after_flip = \"30s\"\nmin_duration = \"0s\"\n";
 
 /// Two pools, a per-request split (`sticky = "none"`) and the test guard judging from
 /// `min_requests`, plus `extra` TOML for `[guard]`.

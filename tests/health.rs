@@ -248,8 +248,16 @@ async fn metrics_count_a_known_mix_exactly() {
     }
 
     // The windowed figures in status agree.
-    let (_, st) = admin(&proxy.socket(), "GET", "/v1/status", None).await;
-    assert_eq!(st["pools"]["blue"]["requests"], 37);
+    // (status counts completed seconds: the requests show once their second is over).
+    let socket = proxy.socket();
+    let st = wait_for("status to count the 37 requests", READY_DEADLINE, || {
+        let socket = socket.clone();
+        async move {
+            let (_, st) = admin(&socket, "GET", "/v1/status", None).await;
+            (st["pools"]["blue"]["requests"] == 37).then_some(st)
+        }
+    })
+    .await;
     let ratio = st["pools"]["blue"]["error_ratio"].as_f64().unwrap();
     assert!((ratio - 7.0 / 37.0).abs() < 1e-9, "{ratio}");
     assert!(st["pools"]["blue"]["p99_ms"].as_f64().unwrap() > 0.0);

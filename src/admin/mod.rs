@@ -731,7 +731,14 @@ impl Admin {
             }
         }
         ledger.since = since.clone();
-        ledger.watch = self.next_watch(ledger.watch, &cur, &new, spec.action);
+        let watch = self.next_watch(ledger.watch, &cur, &new, spec.action);
+        if watch.is_some_and(|w| Some((w.pool, w.since)) != ledger.watch.map(|w| (w.pool, w.since)))
+        {
+            // A judgement belongs to the watch that made it: a new watch starts without the
+            // previous one's verdict (which stays on show until then, e.g. after a rollback).
+            ledger.judgement = None;
+        }
+        ledger.watch = watch;
         self.metrics.record_change(spec.action);
         if let Some(trigger) = spec.trigger.filter(|_| spec.action == action::ROLLBACK) {
             self.metrics.record_rollback(trigger);

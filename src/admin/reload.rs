@@ -230,6 +230,7 @@ impl Admin {
             actor,
             "configuration reloaded in {applied_us} us: {summary}"
         );
+        self.metrics.record_change(RELOAD);
         let warning = self.record(entry, RELOAD);
         drop(ledger);
         Ok(Reply::Reload(Reloaded {

@@ -30,10 +30,19 @@ pub struct Status {
     /// When the current state was set (RFC 3339).
     pub since: String,
     pub pools: BTreeMap<String, PoolStatus>,
+    /// Pools whose traffic another pool serves now (no healthy backend of their own).
+    pub failover: Vec<FailoverStatus>,
     /// The progressive rollout in progress, if any.
     pub rollout: Option<RolloutStatus>,
     /// What the guard watches and its latest judgement.
     pub guard: GuardStatus,
+}
+
+/// `from` has no healthy backend: `to` serves its share of the traffic.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FailoverStatus {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -99,7 +108,7 @@ pub struct PoolStatus {
     pub served: u64,
     /// Share of new traffic this pool gets, in basis points.
     pub weight_bp: u32,
-    /// Requests finished over the last `window_s` seconds, and figures over them.
+    /// Requests finished over the last `window_s` completed seconds, and figures over them.
     pub requests: u64,
     pub window_s: u64,
     pub rps: f64,
@@ -134,7 +143,7 @@ impl Admin {
             .enumerate()
             .map(|(id, p)| {
                 let healthy = p.healthy_count();
-                let w = self.metrics.window(id).stats(STATUS_WINDOW);
+                let w = self.metrics.window(id).completed(STATUS_WINDOW);
                 (
                     p.name.clone(),
                     PoolStatus {
@@ -224,6 +233,15 @@ impl Admin {
             generation: st.generation,
             since: ledger.since.clone(),
             pools,
+            failover: crate::metrics::failing_over(&table)
+                .into_iter()
+                .enumerate()
+                .filter(|&(_, f)| f)
+                .map(|(id, _)| FailoverStatus {
+                    from: self.names[id].clone(),
+                    to: self.names[crate::routing::other(id)].clone(),
+                })
+                .collect(),
             rollout,
             guard,
         }

@@ -88,8 +88,20 @@ impl Admin {
     /// One guard tick: judge the watched colour (rolling back on a breach), then advance a
     /// rollout whose step is over.
     pub fn tick(&self) {
-        let now = Instant::now();
+        self.metrics.end_failovers(&self.switchboard.load());
         let mut ledger = self.lock_ledger();
+        self.tick_locked(&mut ledger);
+        // What the guard watches and judged, and the rollout's step, for /metrics.
+        self.metrics.set_guard(
+            ledger.watch.map(|w| w.pool),
+            ledger.judgement.as_ref().map(|j| (&j.verdict, &j.stats)),
+        );
+        self.metrics
+            .set_rollout(ledger.rollout.as_ref().map(|r| (r.step + 1, r.steps.len())));
+    }
+
+    fn tick_locked(&self, ledger: &mut Ledger) {
+        let now = Instant::now();
         if self.is_frozen() {
             // An upgrade is handing over: the new process judges and advances from here on.
             return;
@@ -108,14 +120,14 @@ impl Admin {
             let since_change = now.saturating_duration_since(w.since).as_secs() + 1;
             let span = Duration::from_secs(since_change.min(guard.window.as_secs().max(1)));
             let stats = self.metrics.window(w.pool).stats(span);
-            let verdict = judge(&stats, guard);
+            let verdict = judge(&stats, now.saturating_duration_since(w.since), guard);
             ledger.judgement = Some(Judgement {
                 pool: w.pool,
                 verdict: verdict.clone(),
                 stats,
             });
             if let Verdict::Breach { reason } = verdict {
-                self.guard_rollback(&mut ledger, w, stats, span, &reason);
+                self.guard_rollback(ledger, w, stats, span, &reason);
                 return;
             }
         }
@@ -142,7 +154,7 @@ impl Admin {
                 ledger.rollout = Some(advanced);
                 let spec =
                     Spec::rollout(action::ROLLOUT, ACTOR_ROLLOUT, ChangeOpts::default(), step);
-                let result = self.apply(&mut ledger, now, spec, |cur, _| {
+                let result = self.apply(ledger, now, spec, |cur, _| {
                     Ok(RouteState {
                         canary_bp: bp,
                         ..cur
@@ -159,7 +171,7 @@ impl Admin {
                 let step = format!("completed: {} steps", r.steps.len());
                 let spec =
                     Spec::rollout(action::PROMOTE, ACTOR_ROLLOUT, ChangeOpts::default(), step);
-                let result = self.apply(&mut ledger, now, spec, |cur, _| {
+                let result = self.apply(ledger, now, spec, |cur, _| {
                     Ok(RouteState {
                         primary: r.to,
                         canary_bp: 0,
@@ -184,13 +196,23 @@ impl Admin {
         }
         let since_step = now.saturating_duration_since(r.step_started).as_secs() + 1;
         let span = Duration::from_secs(since_step.min(guard.window.as_secs().max(1)));
-        match judge(&self.metrics.window(r.to).stats(span), guard) {
+        let observed = now.saturating_duration_since(r.step_started);
+        match judge(&self.metrics.window(r.to).stats(span), observed, guard) {
             Verdict::Healthy => StepVerdict::Passed,
             Verdict::Waiting {
                 requests,
                 min_requests,
-            } => StepVerdict::Waiting(format!(
+                ..
+            } if requests < min_requests.max(1) => StepVerdict::Waiting(format!(
                 "waiting for the guard: {requests} of {min_requests} requests seen at this step"
+            )),
+            Verdict::Waiting {
+                observed_s,
+                min_duration_s,
+                ..
+            } => StepVerdict::Waiting(format!(
+                "waiting for the guard: watched this step for {observed_s:.0}s of \
+                 {min_duration_s:.0}s (guard.min_duration)"
             )),
             // The breach itself is acted on by the watch (which covers the canary).
             Verdict::Breach { reason } => StepVerdict::Waiting(reason),
@@ -213,7 +235,7 @@ impl Admin {
         let config = self.config();
         let guard = &config.guard;
         let mut detail = serde_json::json!({
-            "summary": format!("{}: {reason} over {}s; {old} had {:.1}% errors", self.names[w.pool], span.as_secs(), old_stats.error_ratio() * 100.0),
+            "summary": format!("{}: {reason} over {}s; {old} {}", self.names[w.pool], span.as_secs(), other_had(&old_stats)),
             "pool": self.names[w.pool],
             "window_s": span.as_secs(),
             "requests": stats.requests,
@@ -279,6 +301,20 @@ impl Admin {
                 tracing::error!("the guard could not roll back {}: {e}", self.names[w.pool]);
             }
         }
+    }
+}
+
+/// What the other colour did over the judged span, for the rollback summary: a colour that
+/// took no traffic (after a flip) had no requests, not "0.0% errors".
+fn other_had(stats: &WindowStats) -> String {
+    if stats.requests == 0 {
+        "had no requests".to_string()
+    } else {
+        format!(
+            "had {:.1}% errors over {} requests",
+            stats.error_ratio() * 100.0,
+            stats.requests
+        )
     }
 }
 

@@ -199,6 +199,9 @@ pub struct GuardConfig {
     pub max_error_ratio: f64,
     pub max_p99: Option<Duration>,
     pub watch_after_flip: Duration,
+    /// The guard judges a colour only after watching it this long (besides `min_requests`):
+    /// a burst of requests in the first second after a change is not enough evidence.
+    pub min_duration: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,6 +441,11 @@ pub mod defaults {
     pub const MIN_REQUESTS: u64 = 50;
     pub const MAX_ERROR_RATIO: f64 = 0.05;
     pub const WATCH_AFTER_FLIP: Duration = Duration::from_secs(300);
+    /// The guard watches a new colour for 10 s before judging it: several health-check intervals
+    /// and long enough that a cold start (empty connection pools, caches warming) is not judged
+    /// on its first burst, short enough that a real breach costs at most ~10 s of errors at the
+    /// new colour's share. Set it lower (even "0s") where traffic is high and steady.
+    pub const GUARD_MIN_DURATION: Duration = Duration::from_secs(10);
     /// A chat webhook answers in well under a second; five covers a slow day without letting a
     /// dead hook hold up the next notification for long.
     pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -106,6 +106,7 @@ pub struct Guard {
     pub max_error_ratio: Option<Spanned<f64>>,
     pub max_p99: Option<Spanned<String>>,
     pub watch_after_flip: Option<Spanned<String>>,
+    pub min_duration: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -222,6 +223,7 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
             max_error_ratio: s.float(errs, "max_error_ratio", "a number such as 0.05"),
             max_p99: s.string(errs, "max_p99", DURATION),
             watch_after_flip: s.string(errs, "watch_after_flip", DURATION),
+            min_duration: s.string(errs, "min_duration", DURATION),
         }),
         notify: r.section(errs, "notify", |s, errs| Notify {
             webhook: s.array_of_tables(errs, "webhook", |w, errs| {

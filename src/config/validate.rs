@@ -506,6 +506,11 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .as_ref()
             .and_then(|d| errs.duration(d, "guard watch_after_flip"))
             .unwrap_or(defaults::WATCH_AFTER_FLIP),
+        min_duration: g
+            .min_duration
+            .as_ref()
+            .and_then(|d| errs.duration(d, "guard min_duration"))
+            .unwrap_or(defaults::GUARD_MIN_DURATION),
     };
 
     // [[notify.webhook]]
