@@ -53,7 +53,7 @@ pub(super) struct Judgement {
 
 impl Watch {
     /// The watch as kept in `state.json`.
-    pub(super) fn to_file(&self, names: &[String]) -> WatchFile {
+    pub(super) fn to_file(self, names: &[String]) -> WatchFile {
         let (now, wall) = (Instant::now(), unix_ms(SystemTime::now()));
         let at = |t: Instant| {
             if t >= now {
