@@ -89,6 +89,9 @@ pub struct HistoryEntry {
 
 /// What start-up found in the state directory.
 #[derive(Debug)]
+// Read once at start-up and after a hand-over: its size does not matter, boxing would only add
+// noise to the code that takes it apart.
+#[allow(clippy::large_enum_variant)]
 pub enum Loaded {
     /// No state file: start from the configuration.
     Missing,
