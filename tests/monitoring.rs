@@ -442,36 +442,51 @@ async fn status_rps_agrees_with_prometheus_rate_at_a_steady_rate() {
     let addr = proxy.addr;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
-    // 200 requests per second, paced by a ticker.
+    // 100 requests per second, paced by a ticker.
     let load = tokio::spawn(async move {
         let mut client = Client::connect(addr).await;
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
         while !s.load(std::sync::atomic::Ordering::SeqCst) {
             tick.tick().await;
             client.get("/").await.unwrap();
         }
     });
-    // Let the status window (10 s) fill with the steady rate.
-    tokio::time::sleep(Duration::from_secs(11)).await;
-    let (t0, c0) = (Instant::now(), served(&scrape(&proxy).await, "blue"));
+    // The counter as Prometheus sees it, scraped every 50 ms.
+    let start = Instant::now();
+    let mut counter: Vec<(Duration, f64)> = Vec::new();
     let mut seen = Vec::new();
-    while t0.elapsed() < Duration::from_secs(3) {
-        let st = status(&proxy).await;
-        seen.push((
-            st["pools"]["blue"]["rps"].as_f64().unwrap(),
-            st["pools"]["blue"]["requests"].as_u64().unwrap(),
-        ));
-        tokio::time::sleep(Duration::from_millis(137)).await;
+    while start.elapsed() < Duration::from_secs(15) {
+        counter.push((start.elapsed(), served(&scrape(&proxy).await, "blue")));
+        // Once the status window (10 s) has filled with the steady rate, sample status too.
+        if start.elapsed() > Duration::from_secs(11) && counter.len() % 3 == 0 {
+            let st = status(&proxy).await;
+            seen.push((
+                start.elapsed(),
+                st["pools"]["blue"]["rps"].as_f64().unwrap(),
+                st["pools"]["blue"]["requests"].as_u64().unwrap(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (t1, c1) = (Instant::now(), served(&scrape(&proxy).await, "blue"));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     load.await.unwrap();
-    let rate = (c1 - c0) / (t1 - t0).as_secs_f64();
-    assert!(rate > 50.0, "the load ran at {rate:.1}/s");
-    for (rps, requests) in seen {
+    // rate() over the 10 s status covers: its completed seconds end up to a second before the
+    // call, so the span ending half a second before it.
+    let at = |t: Duration| {
+        counter
+            .iter()
+            .min_by_key(|(c, _)| c.abs_diff(t))
+            .map(|&(_, v)| v)
+            .unwrap()
+    };
+    assert!(seen.len() >= 10, "{}", seen.len());
+    for (t, rps, requests) in seen {
+        let end = t - Duration::from_millis(500);
+        let rate = (at(end) - at(end - Duration::from_secs(10))) / 10.0;
+        assert!(rate > 50.0, "the load ran at {rate:.1}/s");
         assert!(
             (rps - rate).abs() / rate <= 0.02,
-            "status said {rps:.1} req/s where the counter rose {rate:.1}/s"
+            "status said {rps:.1} req/s where rate() over its 10 s said {rate:.1}/s"
         );
         assert!((requests as f64 / 10.0 - rps).abs() < 1e-9);
     }
