@@ -297,6 +297,28 @@ async fn a_failover_episode_is_logged_once_each_way_and_shown_in_status_and_metr
         ),
         Some(20.0)
     );
+    // `ctl status` headlines it.
+    let out = tokio::task::spawn_blocking({
+        let socket = proxy.socket();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["ctl", "--socket"])
+                .arg(socket)
+                .arg("status")
+                .output()
+                .expect("run ctl")
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains("green serving blue's traffic (failover)")),
+        "{text}"
+    );
     let warn = log_lines(&logs, "FAILOVER: blue has no healthy backend");
     assert_eq!(warn.len(), 1, "{warn:?}");
     assert!(warn[0].contains("WARN"), "{warn:?}");
