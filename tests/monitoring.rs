@@ -480,7 +480,7 @@ async fn status_rps_agrees_with_prometheus_rate_at_a_steady_rate() {
     while start.elapsed() < Duration::from_secs(15) {
         counter.push((start.elapsed(), served(&scrape(&proxy).await, "blue")));
         // Once the status window (10 s) has filled with the steady rate, sample status too.
-        if start.elapsed() > Duration::from_secs(11) && counter.len() % 3 == 0 {
+        if start.elapsed() > Duration::from_secs(11) && counter.len().is_multiple_of(3) {
             let st = status(&proxy).await;
             seen.push((
                 start.elapsed(),
