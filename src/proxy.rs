@@ -285,6 +285,21 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// Turns on pingora's HTTP/1.1 pipelining for the client connection (off by default). Without
+    /// it, a request that arrives in the same read as the one before it is dropped: the first
+    /// response says `keep-alive`, then the connection closes and the second request is lost
+    /// (pingora#377). With it, requests written back to back are answered one after the other,
+    /// in order (RFC 9112 §9.3.2), each forwarded once. pingora carries the setting across the
+    /// connection's requests; setting it again on each is one store.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        session.set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let error = framing_error(session.req_header()).or_else(|| {
             // pingora drops Content-Length when Transfer-Encoding is also present (and closes the

@@ -1,0 +1,256 @@
+//! The client edge with raw sockets: pipelined requests, the request-head deadline, limits
+//! applied while a head is still being read, and RFC 9112 conformance. Every case runs against
+//! real upstreams that record what reached them, so "refused" also means "never forwarded".
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a raw exchange may take before the test gives up on it.
+const IO_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    /// Header lines, names lowercased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A raw client connection that reads responses one by one from what the proxy sends.
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more bytes; false at EOF (or a reset).
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(IO_DEADLINE, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!("no answer within {IO_DEADLINE:?}; have {:?}", self.text()),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    /// The next response, or `None` if the connection closed first.
+    async fn response(&mut self) -> Option<RawResponse> {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill().await {
+                assert!(self.buf.is_empty(), "truncated response: {:?}", self.text());
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        self.buf.drain(..head_end);
+        let mut r = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(len) = r.header("content-length") {
+            let len: usize = len.parse().expect("numeric content-length");
+            while self.buf.len() < len {
+                assert!(self.fill().await, "closed inside a body");
+            }
+            r.body = self.buf.drain(..len).collect();
+        } else if r
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await, "closed inside a chunk size");
+                };
+                let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+                let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size");
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await, "closed inside a chunk");
+                }
+                r.body
+                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        Some(r)
+    }
+
+    /// True once the proxy has closed the connection (reads EOF with nothing more sent).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+/// The paths a backend saw, in order.
+fn seen_paths(up: &Upstream) -> Vec<String> {
+    up.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.clone())
+        .collect()
+}
+
+async fn one_pool() -> (Upstream, Upstream, Proxy) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&pools_toml(&[blue.addr], &[green.addr])).await;
+    (blue, green, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_each_forwarded_once() {
+    let (blue, _green, proxy) = one_pool().await;
+
+    // Two GETs in one write, as in the issue's `printf | nc`.
+    let mut c = Raw::connect(proxy.addr).await;
+    c.send(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /bytes/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    for n in 1..=2 {
+        let r = c.response().await.expect("a response per request");
+        assert_eq!((r.status, r.body.len()), (200, n), "response {n} in order");
+        assert!(!r.closes(), "keep-alive was kept: {r:?}");
+    }
+    assert_eq!(seen_paths(&blue), ["/bytes/1", "/bytes/2"]);
+
+    // Ten in one write, GETs and POSTs with bodies (fixed length and chunked) mixed, the last
+    // one closing: all ten answered in order, each forwarded once, then the close.
+    let mut batch = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..10 {
+        let body = format!("body-{i}-{}", "x".repeat(i * 100));
+        let close = if i == 9 { "Connection: close\r\n" } else { "" };
+        match i % 3 {
+            0 => {
+                batch.extend(format!("GET /bytes/{i} HTTP/1.1\r\nHost: x\r\n{close}\r\n").bytes());
+                want.push((format!("/bytes/{i}"), vec![0u8; 0], i));
+            }
+            1 => {
+                batch.extend(
+                    format!(
+                        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{close}\r\n{body}",
+                        body.len()
+                    )
+                    .bytes(),
+                );
+                want.push(("/echo".into(), body.into_bytes(), 0));
+            }
+            _ => {
+                batch.extend(
+                    format!(
+                        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{close}\r\n\
+                         {:x}\r\n{body}\r\n0\r\n\r\n",
+                        body.len()
+                    )
+                    .bytes(),
+                );
+                want.push(("/echo".into(), body.into_bytes(), 0));
+            }
+        }
+    }
+    let mut c = Raw::connect(proxy.addr).await;
+    c.send(&batch).await;
+    for (i, (_, body, len)) in want.iter().enumerate() {
+        let r = c.response().await.unwrap_or_else(|| panic!("response {i}"));
+        assert_eq!(r.status, 200, "response {i}");
+        if body.is_empty() {
+            assert_eq!(
+                r.body.len(),
+                *len,
+                "response {i} is the answer to request {i}"
+            );
+        } else {
+            assert_eq!(&r.body, body, "response {i} is the answer to request {i}");
+        }
+    }
+    assert!(
+        c.closed().await,
+        "closed after the request that asked for it"
+    );
+    let paths = seen_paths(&blue);
+    let want_paths: Vec<&str> = want.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(paths[2..], want_paths[..], "each reached the backend once");
+    let bodies: Vec<usize> = blue.seen.lock().unwrap()[2..]
+        .iter()
+        .map(|s| s.body_len)
+        .collect();
+    let want_bodies: Vec<usize> = want.iter().map(|(_, b, _)| b.len()).collect();
+    assert_eq!(bodies, want_bodies);
+
+    // A second request arriving while the first is still being answered (two segments).
+    blue.delay(200);
+    let mut c = Raw::connect(proxy.addr).await;
+    c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let r = c.response().await.expect("first");
+    assert_eq!(r.body.len(), 3);
+    let r = c.response().await.expect("second");
+    assert_eq!(r.body, b"hello");
+    assert_eq!(blue.hits(), 14);
+}
