@@ -198,6 +198,14 @@ impl Switchyard {
         if let Some(app) = proxy_service.app_logic_mut() {
             let mut options = pingora::apps::HttpServerOptions::default();
             options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
+            // The request-head limits apply while the head is read, before any filter runs
+            // (pingora patches, vendor/README.md): a head trickled past the deadline gets 408,
+            // one too large or with too many fields 431, a request line with a space in the
+            // target 400 (rather than being rewritten and forwarded).
+            options.h1_header_timeout = Some(config.header_timeout);
+            options.h1_max_header_bytes = Some(crate::proxy::MAX_HEADER_BYTES);
+            options.h1_max_headers = Some(crate::proxy::MAX_HEADERS);
+            options.h1_refuse_unparsable_request_line = true;
             app.server_options = Some(options);
         }
         for addr in &config.listen {

@@ -254,3 +254,228 @@ async fn pipelined_requests_are_answered_in_order_each_forwarded_once() {
     assert_eq!(r.body, b"hello");
     assert_eq!(blue.hits(), 14);
 }
+
+/// Reads the proxy's answer to a client that is still trickling or streaming its head: the
+/// response, then EOF. Returns the status and when EOF came.
+async fn answer_then_eof(c: &mut Raw) -> (u16, Instant) {
+    let r = c.response().await.expect("an answer before the close");
+    assert!(r.closes(), "the answer says the connection closes: {r:?}");
+    assert!(c.closed().await, "closed after the answer");
+    (r.status, Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_not_complete_in_time_gets_408_and_the_connection_closes() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "[listen]\nheader_timeout = \"1s\"\n\n{}",
+        pools_toml(&[blue.addr], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    assert_eq!(proxy.config.header_timeout, Duration::from_secs(1));
+
+    // One header byte every 100 ms: each read is prompt, the head never completes.
+    let mut c = Raw::connect(proxy.addr).await;
+    let started = Instant::now();
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    let trickle = {
+        let (mut rd, mut wr) = c.stream.into_split();
+        let writer = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if wr.write_all(b"a").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(IO_DEADLINE, rd.read_to_end(&mut out)).await;
+        writer.abort();
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let (answer, took) = trickle;
+    assert!(answer.starts_with("HTTP/1.1 408"), "got {answer:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took <= Duration::from_secs(2),
+        "closed {took:?} after the head started (timeout 1 s)"
+    );
+
+    // The deadline runs from the head's first byte: an idle connection (before its first
+    // request, and between requests) is the keep-alive timeout's business.
+    let mut c = Raw::connect(proxy.addr).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(b"GET /bytes/1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.expect("first").status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(b"GET /bytes/2 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(c.response().await.expect("second").status, 200);
+    // A head sent in pieces within the deadline is fine.
+    c.send(b"GET /bytes/3 HTTP/1.1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(b"Host: x\r\n\r\n").await;
+    assert_eq!(c.response().await.expect("third").status, 200);
+    assert_eq!(seen_paths(&blue), ["/bytes/1", "/bytes/2", "/bytes/3"]);
+}
+
+/// Latencies of `n` sequential GETs on one keep-alive connection, sorted.
+async fn latencies(addr: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut client = Client::connect(addr).await;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        assert_eq!(client.get("/").await.unwrap().status, 200);
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tricklers_are_cut_and_do_not_slow_normal_clients() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let toml = format!(
+        "[listen]\nheader_timeout = \"2s\"\n\n{}",
+        pools_toml(&[blue.addr], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    let p99 = |l: &[Duration]| l[l.len() * 99 / 100];
+    let baseline = latencies(proxy.addr, 200).await;
+
+    // 300 clients each sending a header byte every 200 ms.
+    let started = Instant::now();
+    let mut tricklers = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        tricklers.push(tokio::spawn(async move {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+            let (mut rd, mut wr) = s.into_split();
+            let writer = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if wr.write_all(b"a").await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+            writer.abort();
+            (
+                String::from_utf8_lossy(&out).into_owned(),
+                started.elapsed(),
+            )
+        }));
+    }
+    let loaded = latencies(proxy.addr, 200).await;
+    let mut cut = 0;
+    for t in tricklers {
+        let (answer, took) = t.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "got {answer:?}");
+        assert!(took <= Duration::from_secs(4), "cut after {took:?}");
+        cut += 1;
+    }
+    assert_eq!(cut, 300);
+    eprintln!(
+        "p99 of a normal client: {:?} alone, {:?} with 300 tricklers",
+        p99(&baseline),
+        p99(&loaded)
+    );
+    // A shared 2-core test machine is noisy: "unchanged" is within a few milliseconds.
+    assert!(
+        p99(&loaded) <= p99(&baseline) * 3 + Duration::from_millis(20),
+        "p99 {:?} with tricklers vs {:?} without",
+        p99(&loaded),
+        p99(&baseline)
+    );
+    assert_eq!(blue.hits(), 400, "no trickler reached the backend");
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm has a resident field");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_past_the_limits_get_431_while_still_being_read() {
+    let (blue, _green, proxy) = one_pool().await;
+
+    // More than 100 header fields (below and above pingora's own 256): 431, not 400.
+    for n in [101, 150, 300] {
+        let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..n {
+            head.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut c = Raw::connect(proxy.addr).await;
+        c.send(head.as_bytes()).await;
+        let (status, _) = answer_then_eof(&mut c).await;
+        assert_eq!(status, 431, "{n} header fields");
+    }
+    // 100 are fine (Host, 98 more, Connection): the proxy forwards them. The backend's HTTP
+    // library (hyper) allows 100 fields itself and answers 431 once X-Forwarded-For and
+    // X-Forwarded-Proto are added: that answer carries the pool header, so it came from the
+    // backend. Two fields fewer reach the backend's handler.
+    for (extra, want) in [(98, 431), (96, 200)] {
+        let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..extra {
+            head.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let mut c = Raw::connect(proxy.addr).await;
+        c.send(head.as_bytes()).await;
+        let r = c.response().await.expect("answer");
+        assert_eq!(r.status, want, "{r:?}");
+        assert_eq!(r.header("x-switchyard-pool"), Some("blue"), "{r:?}");
+    }
+    assert_eq!(blue.hits(), 1);
+
+    // 100 clients each streaming an unterminated 1000 KiB header line: each is answered 431
+    // once it passes 32 KiB, and memory barely moves.
+    let line = std::sync::Arc::new(
+        [
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ".to_vec(),
+            vec![b'a'; 1000 * 1024],
+        ]
+        .concat(),
+    );
+    let before = rss();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        let line = line.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut rd, mut wr) = s.into_split();
+            // The write may fail once the proxy has answered and closed: that is the point.
+            let writer = tokio::spawn(async move { wr.write_all(&line).await.is_ok() });
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(IO_DEADLINE, rd.read_to_end(&mut out)).await;
+            let _ = writer.await;
+            String::from_utf8_lossy(&out).into_owned()
+        }));
+    }
+    let mut answers = Vec::new();
+    for c in clients {
+        answers.push(c.await.unwrap());
+    }
+    let grew = rss().saturating_sub(before);
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 431"), "got {a:?}");
+    }
+    eprintln!(
+        "RSS grew {:.1} MB with 100 unterminated 1000 KiB heads",
+        grew as f64 / 1e6
+    );
+    assert!(grew < 10_000_000, "RSS grew {grew} bytes");
+    assert_eq!(blue.hits(), 1, "none reached the backend");
+}

@@ -52,6 +52,9 @@ pub struct Config {
     /// Clients (a TLS terminator, a load balancer) whose `X-Forwarded-Proto` is passed on; from
     /// anyone else it is replaced with `http`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a client has to send a whole request head once it has started; past it the
+    /// request is answered 408 and the connection closed.
+    pub header_timeout: Duration,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub state: StateConfig,
@@ -360,6 +363,10 @@ pub mod defaults {
 
     /// Loopback, so an unconfigured proxy is not exposed by accident.
     pub const LISTEN: &str = "127.0.0.1:8080";
+    /// Half nginx's `client_header_timeout` (60 s), three times HAProxy's usual
+    /// `timeout http-request` (10 s): a real client sends its head in one packet or a few
+    /// round trips, while a client trickling it is cut well before it can pile up.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
     /// Under systemd's `RuntimeDirectory=switchyard`.
     pub const ADMIN_SOCKET: &str = "/run/switchyard/admin.sock";
     /// Loopback: metrics reveal traffic shape and should not be public by default.

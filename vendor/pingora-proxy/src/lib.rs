@@ -80,6 +80,13 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+/// After answering a request header error and half-closing the connection: how much of what the
+/// client still sends is read and thrown away, and for how long at most, before the connection
+/// is closed (nginx's lingering close, with tighter bounds). Closing with unread data would send
+/// a reset, which can destroy the answer before the client reads it. [switchyard patch]
+const ERROR_LINGER_BYTES: usize = 1024 * 1024;
+const ERROR_LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -347,17 +354,33 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // A request header that is invalid (400), too large (431, with the header
+                // limits set) or too slow (408, with a header timeout set) is the client's
+                // fault: answer it with that status, so the client learns why, and close
+                // gracefully (FIN, then read and discard what the client still sends for a
+                // moment), so the answer is not lost to a reset. [switchyard patch: only 400,
+                // and an abortive close]
+                let status = match e.etype {
+                    InvalidHTTPHeader => Some(400),
+                    HTTPStatus(code) if (400..500).contains(&code) => Some(code),
+                    _ => None,
+                };
+                if let Some(status) = status {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
                     downstream_session
-                        .respond_error(400)
+                        .respond_error(status)
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
                         });
+                    downstream_session.shutdown().await;
+                    downstream_session
+                        .linger(ERROR_LINGER_BYTES, ERROR_LINGER_TIME)
+                        .await;
+                    return None;
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(

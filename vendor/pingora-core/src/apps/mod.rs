@@ -89,6 +89,33 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// HTTP/1: total time allowed for a request header once its first byte has arrived; a
+    /// header not complete in time is answered 408 and the connection closed (nginx's
+    /// `client_header_timeout`, HAProxy's `timeout http-request`). The wait for the first
+    /// byte stays governed by the keepalive timeout.
+    ///
+    /// Default: `None` (each read is bounded, the whole header is not). [switchyard patch]
+    pub h1_header_timeout: Option<Duration>,
+
+    /// HTTP/1: the largest request header accepted, in bytes, checked while it is being read;
+    /// beyond it the request is answered 431.
+    ///
+    /// Default: `None` (1 MiB, answered 400). [switchyard patch]
+    pub h1_max_header_bytes: Option<usize>,
+
+    /// HTTP/1: the most request header fields accepted (at most 256); beyond it the request is
+    /// answered 431.
+    ///
+    /// Default: `None` (256, answered 400). [switchyard patch]
+    pub h1_max_headers: Option<usize>,
+
+    /// HTTP/1: refuse (400) a request line that does not parse, e.g. one with a space inside
+    /// the target, instead of percent-escaping it and forwarding what the client did not send
+    /// (RFC 9112 §3.2).
+    ///
+    /// Default: `false` (escape). [switchyard patch]
+    pub h1_refuse_unparsable_request_line: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -345,6 +372,9 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut session = ServerSession::new_http1(stream);
+            if let Some(options) = self.server_options() {
+                session.apply_h1_request_limits(options);
+            }
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -360,6 +390,9 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                if let Some(options) = self.server_options() {
+                    session.apply_h1_request_limits(options);
+                }
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -546,6 +546,34 @@ impl Session {
         }
     }
 
+    /// HTTP/1 request header limits: see
+    /// [`HttpSession::set_header_timeout`](crate::protocols::http::v1::server::HttpSession::set_header_timeout),
+    /// [`set_request_header_limits`](crate::protocols::http::v1::server::HttpSession::set_request_header_limits)
+    /// and [`set_escape_request_line`](crate::protocols::http::v1::server::HttpSession::set_escape_request_line).
+    /// A no-op for other session types. [switchyard patch]
+    pub fn apply_h1_request_limits(&mut self, options: &crate::apps::HttpServerOptions) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(options.h1_header_timeout);
+            if let Some(bytes) = options.h1_max_header_bytes {
+                let fields = options.h1_max_headers.unwrap_or(usize::MAX);
+                s.set_request_header_limits(bytes, fields);
+            } else if let Some(fields) = options.h1_max_headers {
+                s.set_request_header_limits(usize::MAX, fields);
+            }
+            s.set_escape_request_line(!options.h1_refuse_unparsable_request_line);
+        }
+    }
+
+    /// After [`Self::shutdown`] (a half-close for HTTP/1): read and discard what the client still
+    /// sends, until it closes, `max_bytes` have been read or `max_time` has passed, so that
+    /// dropping the session afterwards does not reset a connection whose answer the client has
+    /// not read yet. A no-op for HTTP/2 and others. [switchyard patch]
+    pub async fn linger(&mut self, max_bytes: usize, max_time: Duration) {
+        if let Self::H1(s) = self {
+            s.linger(max_bytes, max_time).await;
+        }
+    }
+
     /// Give up the H2 stream with a custom reason.
     ///
     /// For H2, this sends a `RST_STREAM` frame with the specified reason.

@@ -38,6 +38,21 @@ const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 const TRAILER_SIZE_LIMIT: usize = 1024 * 64;
 
 const LAST_CHUNK: &[u8; 5] = &[b'0', CR, LF, CR, LF];
+
+/// `httparse::parse_chunk_size`, but a size may have any number of leading zeros (RFC 9112 §7.1:
+/// `chunk-size = 1*HEXDIG`), where httparse refuses more than 16 digits in all. The zeros before
+/// the first significant digit are skipped; what follows is parsed as before, so a size that
+/// really overflows is still refused. [switchyard patch]
+fn parse_chunk_size(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, httparse::InvalidChunkSize> {
+    let zeros = buf
+        .windows(2)
+        .take_while(|w| w[0] == b'0' && w[1].is_ascii_hexdigit())
+        .count();
+    Ok(match httparse::parse_chunk_size(&buf[zeros..])? {
+        httparse::Status::Complete((i, size)) => httparse::Status::Complete((i + zeros, size)),
+        httparse::Status::Partial => httparse::Status::Partial,
+    })
+}
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
 const CRLF: &[u8; 2] = &[CR, LF];
@@ -666,7 +681,7 @@ impl BodyReader {
         buf_index_end: usize,
     ) -> Result<(Option<BufRef>, Option<usize>)> {
         let buf = &self.body_buf.as_ref().unwrap()[buf_index_start..buf_index_end];
-        let chunk_status = httparse::parse_chunk_size(buf);
+        let chunk_status = parse_chunk_size(buf);
         match chunk_status {
             Ok(status) => {
                 match status {

@@ -158,6 +158,21 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// Total time allowed for the rest of a request header once its first byte has arrived, or
+    /// `None` for no limit (each read is still bounded by the keepalive or read timeout). A
+    /// header not complete in time fails with `HTTPStatus(408)`. The wait for the first byte
+    /// is governed by the keepalive timeout, as before, so idle keepalive connections are not
+    /// affected. [switchyard patch]
+    header_timeout: Option<Duration>,
+    /// Largest request header accepted, checked while it is still being read, so an
+    /// unterminated header never grows past it. Beyond it: `HTTPStatus(431)`. [switchyard patch]
+    max_header_size: usize,
+    /// Most request header fields accepted (at most [`MAX_HEADERS`]). Beyond it:
+    /// `HTTPStatus(431)`. [switchyard patch]
+    max_headers: usize,
+    /// Whether a request line the parser rejects is percent-escaped and parsed again (the
+    /// default, as before) or refused with `InvalidHTTPHeader`. [switchyard patch]
+    escape_request_line: bool,
 }
 
 impl HttpSession {
@@ -206,16 +221,74 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            header_timeout: None,
+            max_header_size: MAX_HEADER_SIZE,
+            max_headers: MAX_HEADERS,
+            escape_request_line: true,
         }
+    }
+
+    /// Limit the total time to receive a request header, counted from its first byte (the wait
+    /// for that byte is the keepalive timeout's). When it passes, [`Self::read_request`] fails
+    /// with `HTTPStatus(408)`, which the caller should answer with 408 Request Timeout and
+    /// close. `None` (the default) keeps only the per-read timeout. [switchyard patch]
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>) {
+        self.header_timeout = timeout;
+    }
+
+    /// Limit the request header to `bytes` and `fields` header fields. Both are checked while
+    /// the header is being read: a header that grows past `bytes` before it is complete fails
+    /// at once with `HTTPStatus(431)`, instead of being buffered up to 1 MiB, and so does one
+    /// with more than `fields` fields (`fields` is capped at the parser's 256). The defaults
+    /// are the previous fixed limits (1 MiB, 256 fields, the latter reported as an invalid
+    /// header). [switchyard patch]
+    pub fn set_request_header_limits(&mut self, bytes: usize, fields: usize) {
+        self.max_header_size = bytes;
+        self.max_headers = fields.min(MAX_HEADERS);
+    }
+
+    /// Whether to percent-escape and retry a request line that does not parse, e.g. one with
+    /// a space inside the target (the default, `true`), or to refuse it as invalid (`false`),
+    /// as RFC 9112 §3.2 asks: a rewritten target is not what the client sent, and the proxies
+    /// along the way may disagree on it. [switchyard patch]
+    pub fn set_escape_request_line(&mut self, escape: bool) {
+        self.escape_request_line = escape;
     }
 
     async fn read_request_buf(
         &mut self,
         buf: &mut BytesMut,
         already_read: usize,
+        header_deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<usize>> {
-        let read_result = {
-            let read_event = self.underlying_stream.read_buf(buf);
+        // Never read past the header limit: at most one byte beyond it, enough to tell.
+        // [switchyard patch]
+        let room = (self.max_header_size + 1).saturating_sub(already_read).max(1);
+        let read_result = if let (Some(deadline), true) = (header_deadline, already_read > 0) {
+            // The rest of a header that has started: bounded by the header deadline, and by
+            // the read timeout for each read, whichever comes first. [switchyard patch]
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let per_read = self.read_timeout.map_or(left, |t| t.min(left));
+            let mut limited = (&mut self.underlying_stream).take(room as u64);
+            let read_event = limited.read_buf(buf);
+            match timeout(per_read, read_event).await {
+                Ok(res) => res,
+                Err(_) if per_read == left => {
+                    return Error::e_explain(
+                        HTTPStatus(408),
+                        format!(
+                            "request header not complete within {:?}",
+                            self.header_timeout.unwrap_or_default()
+                        ),
+                    );
+                }
+                Err(_) => {
+                    return Error::e_explain(ReadTimedout, format!("timeout: {per_read:?}"));
+                }
+            }
+        } else {
+            let mut limited = (&mut self.underlying_stream).take(room as u64);
+            let read_event = limited.read_buf(buf);
             match self.keepalive_timeout {
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
@@ -304,15 +377,21 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // When the header must be complete, once its first byte is here. [switchyard patch]
+        let mut header_deadline = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
-                /* NOTE: this check only blocks second read. The first large read is allowed
-                since the buf is already allocated. The goal is to avoid slowly bloating
-                this buffer */
+            if already_read > self.max_header_size {
+                // Reads stop one byte past the limit, so the buffer never grows beyond it.
+                // [switchyard patch: was InvalidHTTPHeader (400) past a fixed 1 MiB]
                 return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
+                    HTTPStatus(431),
+                    format!("request header larger than {} bytes", self.max_header_size),
                 );
+            }
+            if already_read > 0 && header_deadline.is_none() {
+                header_deadline = self
+                    .header_timeout
+                    .map(|t| tokio::time::Instant::now() + t);
             }
 
             // On the first iteration after a pipelined prefix was injected,
@@ -323,7 +402,10 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = self
+                .read_request_buf(&mut buf, already_read, header_deadline)
+                .await?
+            {
                 already_read += n;
             } else {
                 return Ok(None);
@@ -332,7 +414,7 @@ impl HttpSession {
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
+                let mut req = httparse::Request::new(&mut headers[..self.max_headers]);
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
@@ -434,7 +516,20 @@ impl HttpSession {
                         break; /* continue the read loop */
                     }
                     HeaderParseState::Invalid(e) => match e {
-                        httparse::Error::Token | httparse::Error::Version => {
+                        // RFC 9112 §2.3: a later HTTP/1 minor version is answered as the
+                        // highest this server speaks, 1.1; rewritten in place and parsed again.
+                        // [switchyard patch]
+                        httparse::Error::Version if later_http1_minor(&mut buf) => {}
+                        httparse::Error::TooManyHeaders => {
+                            // [switchyard patch: was InvalidHTTPHeader (400)]
+                            return Error::e_explain(
+                                HTTPStatus(431),
+                                format!("more than {} request header fields", self.max_headers),
+                            );
+                        }
+                        httparse::Error::Token | httparse::Error::Version
+                            if self.escape_request_line =>
+                        {
                             // URI escaping rebuilds the current header. Detach any request body or
                             // pipelined suffix first so normalization never copies queued requests.
                             // `separator_start` is the index of the blank line itself, so the
@@ -1314,6 +1409,24 @@ impl HttpSession {
         let _ = self.underlying_stream.shutdown().await;
     }
 
+    /// After [`Self::shutdown`]: read and discard what the client still sends, until it closes,
+    /// `max_bytes` have been read or `max_time` has passed. Dropping a socket with unread data
+    /// resets the connection, and a reset can destroy a response the client has not read yet
+    /// (e.g. a 431 to a client still sending its oversized header). [switchyard patch]
+    pub async fn linger(&mut self, max_bytes: usize, max_time: Duration) {
+        let mut scratch = [0u8; 4096];
+        let mut left = max_bytes;
+        let drain = async {
+            while left > 0 {
+                match self.underlying_stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = timeout(max_time, drain).await;
+    }
+
     /// Set the server keepalive timeout.
     /// `None`: disable keepalive, this session cannot be reused.
     /// `Some(0)`: reusing this session is allowed and there is no timeout.
@@ -1761,6 +1874,29 @@ static REQUEST_LINE_REGEX: Lazy<Regex> =
 // the chars httparse considers illegal in URL
 // Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
 const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
+
+/// If the request line ends in `HTTP/1.<d>` with `d` above 1, rewrite `d` to `1` in place (RFC 9112
+/// §2.3: "a recipient ... of a higher minor version ... ought to process it as if it were the
+/// highest minor version ... to which the recipient is conformant") and return true.
+/// [switchyard patch]
+fn later_http1_minor(buf: &mut BytesMut) -> bool {
+    // The request line, complete or not (the parser reports the version as soon as it sees it).
+    let eol = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
+    let line_end = if eol > 0 && buf[eol - 1] == b'\r' {
+        eol - 1
+    } else {
+        eol
+    };
+    if line_end < 9 || !buf[..line_end - 1].ends_with(b" HTTP/1.") {
+        return false;
+    }
+    let minor = buf[line_end - 1];
+    if !(b'2'..=b'9').contains(&minor) {
+        return false;
+    }
+    buf[line_end - 1] = b'1';
+    true
+}
 
 fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
