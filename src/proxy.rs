@@ -635,6 +635,39 @@ mod tests {
     }
 
     #[test]
+    fn host_is_required_on_http11_and_must_be_host_port() {
+        let with_host = |v: Option<&str>, version| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.set_version(version);
+            if let Some(v) = v {
+                r.append_header("host", v).unwrap();
+            }
+            host_error(&r)
+        };
+        use http::Version;
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+            "a_b.local",
+            "",
+            "h:",
+        ] {
+            assert_eq!(with_host(Some(ok), Version::HTTP_11), None, "{ok:?}");
+        }
+        for bad in [
+            "a b", "a/b", "a?b", "a#b", "a:b", "[::1", "[::1]x", "[zz]", "a\\b", "a\"b",
+        ] {
+            assert!(with_host(Some(bad), Version::HTTP_11).is_some(), "{bad:?}");
+        }
+        assert!(with_host(None, Version::HTTP_11).is_some());
+        assert_eq!(with_host(None, Version::HTTP_10), None);
+    }
+
+    #[test]
     fn raw_content_length_is_found_in_any_case() {
         assert!(has_content_length(
             b"POST / HTTP/1.1\r\nHost: x\r\ncontent-LENGTH: 4\r\n\r\n"

@@ -479,3 +479,68 @@ async fn heads_past_the_limits_get_431_while_still_being_read() {
     assert!(grew < 10_000_000, "RSS grew {grew} bytes");
     assert_eq!(blue.hits(), 1, "none reached the backend");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc_9112_conformance_cases() {
+    let (blue, _green, proxy) = one_pool().await;
+
+    // Refused with 400, the connection closed, nothing forwarded.
+    let refused: [(&str, &[u8]); 5] = [
+        ("HTTP/1.1 without Host", b"GET /a HTTP/1.1\r\n\r\n"),
+        ("Host with a space", b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        ("Host with a slash", b"GET /a HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+        (
+            "space in the target",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        (
+            "space in the target, HTTP/1.0",
+            b"GET /a b HTTP/1.0\r\nHost: x\r\n\r\n",
+        ),
+    ];
+    for (what, req) in refused {
+        let mut c = Raw::connect(proxy.addr).await;
+        c.send(req).await;
+        let (status, _) = answer_then_eof(&mut c).await;
+        assert_eq!(status, 400, "{what}");
+    }
+    assert_eq!(blue.hits(), 0, "no refused request reached the backend");
+
+    // Accepted, and forwarded once each.
+    let mut c = Raw::connect(proxy.addr).await;
+    // Two identical Content-Length lines: forwarded as one.
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let r = c.response().await.expect("identical lengths");
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    // HTTP/1.2 is read as HTTP/1.1.
+    c.send(b"GET /bytes/7 HTTP/1.2\r\nHost: x\r\n\r\n").await;
+    let r = c.response().await.expect("HTTP/1.2");
+    assert_eq!((r.status, r.body.len()), (200, 7));
+    // A chunk size with 20 leading zeros.
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          000000000000000000005\r\nhello\r\n00000000000000000000000\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await.expect("leading zeros");
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    // HTTP/1.0 needs no Host.
+    c.send(b"GET /bytes/3 HTTP/1.0\r\n\r\n").await;
+    let r = c.response().await.expect("HTTP/1.0");
+    assert_eq!((r.status, r.body.len()), (200, 3));
+    assert!(c.closed().await, "HTTP/1.0 without keep-alive closes");
+
+    let seen = blue.seen.lock().unwrap();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["/echo", "/bytes/7", "/echo", "/bytes/3"]);
+    assert_eq!(
+        seen[0].headers.get_all("content-length").iter().count(),
+        1,
+        "one Content-Length line forwarded"
+    );
+    assert_eq!(seen[0].body_len, 5);
+    assert_eq!(seen[2].body_len, 5);
+}
