@@ -384,9 +384,13 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Pooled upstream connections live this long when idle; keep it below the backends' own
-    /// keep-alive timeout to avoid reusing a connection the backend is closing.
-    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Pooled upstream connections live this long when idle. It must stay below the backends'
+    /// own keep-alive timeout, or a pooled connection is reused just as the backend closes it:
+    /// a GET is retried, a POST gets 502. Common app servers keep idle connections 2 s
+    /// (gunicorn) or 5 s (Node.js, uvicorn); 1 s is half the shortest, so the backend's close
+    /// never meets a reuse, while a busy backend's connections, reused within milliseconds, are
+    /// kept all the same. Set it higher only for backends known to keep connections longer.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
     pub const GUARD_WINDOW: Duration = Duration::from_secs(30);
     pub const MIN_REQUESTS: u64 = 50;
     pub const MAX_ERROR_RATIO: f64 = 0.05;
