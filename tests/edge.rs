@@ -544,3 +544,77 @@ async fn rfc_9112_conformance_cases() {
     assert_eq!(seen[0].body_len, 5);
     assert_eq!(seen[2].body_len, 5);
 }
+
+/// Sends a request as most clients do (the head, then the whole body, then read the answer; a
+/// failed write ends the exchange) and returns the answer. The body goes out a moment after the
+/// head, by which time the server has refused the request on its head alone: a server that then
+/// closes outright makes the body's write fail (broken pipe, reset) and the answer is lost.
+async fn answer_to_oversized<S>(stream: S, head: &str, body: &[u8]) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    wr.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("writing the head: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    wr.write_all(body)
+        .await
+        .map_err(|e| format!("writing the body: {e}"))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(IO_DEADLINE, rd.read_to_end(&mut out))
+        .await
+        .map_err(|_| "no EOF".to_string())?
+        .map_err(|e| format!("reading the answer: {e} (read {out:?})"))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_oversized_bodies_reach_the_client_on_every_listener() {
+    let (_blue, _green, proxy) = one_pool().await;
+    let body = vec![b'x'; 70_000];
+    for i in 0..5 {
+        let s = tokio::net::UnixStream::connect(proxy.socket())
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /v1/flip HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let answer = answer_to_oversized(s, &head, &body).await;
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 413")),
+            "admin socket, try {i}: {answer:?}"
+        );
+    }
+    // The proxy's own refusals: ambiguous framing, a folded header line, no Host (all 400).
+    for (i, head) in [
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\nContent-Length: 7\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\nX-Bad: a\r\n b\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nContent-Length: 70000\r\n\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        let answer = answer_to_oversized(s, head, &body).await;
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 400")),
+            "proxy listener, case {i}: {answer:?}"
+        );
+    }
+    let metrics = proxy.config.metrics.listen.expect("metrics on");
+    for i in 0..5 {
+        let s = TcpStream::connect(metrics).await.unwrap();
+        let head = format!(
+            "POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let answer = answer_to_oversized(s, &head, &body).await;
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 405")),
+            "metrics listener, try {i}: {answer:?}"
+        );
+    }
+}
