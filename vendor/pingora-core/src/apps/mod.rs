@@ -388,7 +388,23 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // [switchyard patch] Wait for the next request here, holding only the stream:
+                // waiting inside `process_new_http` holds its (large) future and a request
+                // buffer for as long as the client stays idle.
+                let pipelined = persistent_settings
+                    .as_ref()
+                    .is_some_and(|s| s.pipelined_prefix.is_some());
+                if !pipelined {
+                    let keepalive = persistent_settings
+                        .as_ref()
+                        .and_then(|s| s.keepalive_timeout)
+                        .filter(|secs| *secs > 0)
+                        .map(Duration::from_secs);
+                    if !wait_for_next_request(&mut stream, keepalive, shutdown).await {
+                        break;
+                    }
+                }
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(options) = self.server_options() {
                     session.apply_h1_request_limits(options);
@@ -405,6 +421,37 @@ where
 
     async fn cleanup(&self) {
         self.http_cleanup().await;
+    }
+}
+
+/// Wait until an idle keep-alive `stream` has something to read, the keepalive timeout (`None`:
+/// none) passes, or the server shuts down. Return whether to go on and read a request.
+/// [switchyard patch]
+async fn wait_for_next_request(
+    stream: &mut Stream,
+    keepalive: Option<Duration>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let mut shutdown = shutdown.clone();
+    if *shutdown.borrow() {
+        return false;
+    }
+    let readable = async {
+        let ready = match keepalive {
+            Some(t) => match pingora_timeout::timeout(t, stream.wait_readable()).await {
+                Ok(ready) => ready,
+                // Idle for the whole keepalive timeout: close, as `read_request` would.
+                Err(_) => return false,
+            },
+            None => stream.wait_readable().await,
+        };
+        // Readable, or the stream cannot tell (`Ok(false)`): read the request as before, which
+        // applies the keepalive timeout itself. A broken stream: close.
+        ready.is_ok()
+    };
+    tokio::select! {
+        go = readable => go,
+        _ = shutdown.changed() => false,
     }
 }
 

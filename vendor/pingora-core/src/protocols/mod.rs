@@ -79,6 +79,14 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Wait until the stream has something to read (data, or the peer's close) without reading
+    /// it. Return `false` at once if this stream cannot tell; the caller should then just read.
+    /// Lets an idle keep-alive connection wait for its next request without holding a request
+    /// buffer or a request-processing future. [switchyard patch]
+    async fn wait_readable(&mut self) -> std::io::Result<bool> {
+        Ok(false)
+    }
 }
 
 use std::any::Any;

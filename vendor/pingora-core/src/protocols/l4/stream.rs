@@ -750,6 +750,29 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // [switchyard patch]
+    async fn wait_readable(&mut self) -> std::io::Result<bool> {
+        if !self.rewind_read_buf.is_empty() {
+            return Ok(true);
+        }
+        let buffered = self.stream.as_ref().is_some_and(|s| match s {
+            BufferedStream::BufferedRead(r) => !r.buffer().is_empty(),
+            BufferedStream::UnbufferedRead(_) => false,
+        });
+        if buffered {
+            return Ok(true);
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return Ok(false);
+        };
+        match &stream.get_ref().stream {
+            RawStream::Tcp(s) => s.readable().await.map(|_| true),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.readable().await.map(|_| true),
+            RawStream::Virtual(_) => Ok(false),
+        }
+    }
 }
 
 #[async_trait]
