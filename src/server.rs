@@ -65,7 +65,8 @@ pub enum StartError {
 /// connection lives, idle or not (1 000 idle keep-alive clients: 64 MiB in buffers alone), and
 /// it only adds a copy: pingora reads a request head into its own buffer (4 KiB, grown as
 /// needed) and a body into its body buffer (64 KiB, bypassing a smaller read buffer anyway).
-/// Without it an idle keep-alive client costs ~9 KiB instead of ~24 KiB at 16 KiB.
+/// Without it (and with the keep-alive wait patch, vendor/README.md) an idle keep-alive client
+/// costs ~9 KiB; with 16 KiB it cost ~39 KiB.
 const CLIENT_READ_BUFFER: usize = 0;
 /// pingora's default write buffer (one MSS).
 const CLIENT_WRITE_BUFFER: usize = pingora::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE;
