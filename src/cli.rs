@@ -26,6 +26,10 @@ pub enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Take over the listening sockets of a running switchyard. Set by `switchyard ctl
+        /// upgrade`, which starts this process; not for use by hand.
+        #[arg(long, hide = true)]
+        upgrade: bool,
     },
     /// Validate a configuration file: print every error, exit 0 if there is none, 1 otherwise.
     Check {
@@ -49,7 +53,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, upgrade } => serve(&config, upgrade),
         Command::Demo { listen, metrics } => run_demo(&listen, &metrics),
         Command::Ctl(args) => crate::ctl::run(args),
     }
@@ -59,6 +63,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             println!("{}: ok: {}", path.display(), config.summary());
+            for warning in unresolved_names(&config) {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -73,6 +80,32 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The backend names that do not resolve now, each with why: worth a warning, not an error
+/// (the name may be registered by the deploy that is about to happen).
+fn unresolved_names(config: &Config) -> Vec<String> {
+    let names: Vec<_> = config.pools.iter().flat_map(|p| p.names.clone()).collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return vec!["cannot start a runtime to resolve the backend names".into()];
+    };
+    rt.block_on(crate::dns::Names::lookup_all(&config.dns, names))
+        .into_iter()
+        .filter_map(|(name, answer)| {
+            answer.err().map(|e| {
+                format!(
+                    "backend name {name} does not resolve now ({e}); its pool gets its addresses \
+                     once it does"
+                )
+            })
+        })
+        .collect()
+}
+
 /// Catches signals from the start, so none arriving during start-up is lost.
 fn signals() -> Option<ProcessSignals> {
     match ProcessSignals::install() {
@@ -84,7 +117,7 @@ fn signals() -> Option<ProcessSignals> {
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
+fn serve(path: &std::path::Path, upgrade: bool) -> ExitCode {
     crate::logging::init();
     let Some(signals) = signals() else {
         return ExitCode::from(1);
@@ -102,7 +135,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match Switchyard::build(config, Some(path.to_path_buf()), RunMode::process()) {
+    // Reload re-reads, and `ctl upgrade` restarts from, the same file, by its absolute path
+    // (the proxy's working directory is not the operator's).
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mode = RunMode {
+        hand_over: Some(signals.hand_over_trigger()),
+        upgrade,
+        ..RunMode::process()
+    };
+    match Switchyard::build(config, Some(path), mode) {
         Ok(mut app) => {
             app.reload_on(&signals);
             app.run(signals.run_args());

@@ -136,6 +136,18 @@ pub enum Verb {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Replace the running binary without dropping a connection: the proxy starts BINARY (default:
+    /// where the running one was installed) on the same config, lets it warm its backends up and
+    /// hands it the listening sockets. Exit 0 once the new process answers, 1 if it failed (the
+    /// old one then serves on, unchanged).
+    Upgrade {
+        /// The new binary (absolute path, or relative to here).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Bound on the whole upgrade (check, warm-up, hand-over, first answer).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// Options every change takes.
@@ -211,6 +223,9 @@ async fn execute(args: &CtlArgs) -> Result<String, Failure> {
     match &args.verb {
         Verb::Watch { interval, count } => return watch(args, *interval, *count).await,
         Verb::WaitDrained { pool, timeout } => return wait_drained(args, pool, *timeout).await,
+        Verb::Upgrade { binary, timeout } => {
+            return upgrade(args, binary.as_deref(), *timeout).await
+        }
         Verb::WaitReady { pool, timeout } => {
             return wait_ready(args, pool.as_deref(), *timeout).await
         }
@@ -268,9 +283,10 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
         Verb::History { n } => ("GET", format!("/v1/history?limit={n}"), None),
         Verb::Reload { reason } => post("/v1/reload", json!({ "reason": reason })),
         Verb::PreviewCookie { pool } => post("/v1/preview-cookie", json!({ "pool": pool })),
-        Verb::Watch { .. } | Verb::WaitDrained { .. } | Verb::WaitReady { .. } => {
-            ("GET", "/v1/status".into(), None)
-        }
+        Verb::Watch { .. }
+        | Verb::WaitDrained { .. }
+        | Verb::WaitReady { .. }
+        | Verb::Upgrade { .. } => ("GET", "/v1/status".into(), None),
     })
 }
 
@@ -289,6 +305,17 @@ async fn call(
     method: &str,
     path: &str,
     body: Option<Value>,
+) -> Result<Value, Failure> {
+    call_within(args, method, path, body, TIMEOUT).await
+}
+
+/// [`call`] with its own bound on the answer (an upgrade may take longer than [`TIMEOUT`]).
+async fn call_within(
+    args: &CtlArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    within: Duration,
 ) -> Result<Value, Failure> {
     let (io, host, token): (Box<dyn Io>, String, Option<String>) = match &args.url {
         Some(url) => {
@@ -362,11 +389,11 @@ async fn call(
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok::<_, hyper::Error>((status, bytes))
     };
-    let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+    let (status, bytes) = tokio::time::timeout(within, exchange)
         .await
         .map_err(|_| {
             usage(format!(
-                "error: no answer from the admin API within {TIMEOUT:?}"
+                "error: no answer from the admin API within {within:?}"
             ))
         })?
         .map_err(|e| usage(format!("error: the admin API connection failed: {e}")))?;
@@ -933,4 +960,87 @@ async fn wait_drained(args: &CtlArgs, pool: &str, timeout: Duration) -> Result<S
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
+}
+
+/// How often `ctl upgrade` asks whether the new process answers.
+const UPGRADE_POLL: Duration = Duration::from_millis(100);
+
+/// `ctl upgrade`: asks the proxy to hand over to a new binary, then waits until the admin socket
+/// answers from the new process, at the generation the old one froze.
+async fn upgrade(
+    args: &CtlArgs,
+    binary: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<String, Failure> {
+    let begun = std::time::Instant::now();
+    let binary = match binary {
+        Some(b) => Some(
+            std::path::absolute(b)
+                .map_err(|e| usage(format!("error: --binary {}: {e}", b.display())))?,
+        ),
+        None => None,
+    };
+    let before = status(args).await?;
+    let body = json!({
+        "binary": binary,
+        "timeout": format!("{}ms", timeout.as_millis()),
+    });
+    // The proxy answers once the new process is about to take the sockets; allow it the whole
+    // timeout and a little more, so its own timeout error is the one reported.
+    let started = call_within(
+        args,
+        "POST",
+        "/v1/upgrade",
+        Some(body),
+        timeout + Duration::from_secs(5),
+    )
+    .await?;
+    let new_pid = started["new_pid"].as_u64().unwrap_or(0);
+    let generation = started["generation"].as_u64().unwrap_or(0);
+    let answered = loop {
+        // Errors here are transient at most (the socket itself is never closed in between).
+        if let Ok(st) = status(args).await {
+            if st["pid"].as_u64() == Some(new_pid) {
+                break st;
+            }
+        }
+        if begun.elapsed() >= timeout {
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "the sockets were handed to pid {new_pid}, but it did not answer on the admin \
+                     socket within {timeout:?}; check its log (e.g. `journalctl -u switchyard`)"
+                ),
+            });
+        }
+        tokio::time::sleep(UPGRADE_POLL).await;
+    };
+    let now_gen = answered["generation"].as_u64().unwrap_or(0);
+    if now_gen != generation {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "the new process (pid {new_pid}) answers at generation {now_gen}, but the old \
+                 one froze at {generation}; check `switchyard ctl history`"
+            ),
+        });
+    }
+    let took = begun.elapsed();
+    if args.json {
+        let mut out = started.clone();
+        out["serving_after_ms"] = json!(took.as_millis() as u64);
+        out["status"] = answered;
+        return Ok(serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(format!(
+        "upgraded: pid {} -> {new_pid}, {} -> {}, generation {generation} ({}); the new process \
+         answered after {:.1} s. The old one finishes its requests in flight and exits.",
+        started["old_pid"],
+        before["version"]
+            .as_str()
+            .map_or("?".to_string(), |v| format!("switchyard {v}")),
+        s(&started["version"]),
+        routing_line(&answered),
+        took.as_secs_f64()
+    ))
 }

@@ -4,18 +4,13 @@
 //! figures over a sliding `window` (the same lock-free window `status` reads, so the guard adds
 //! nothing to the request path) are judged once it has `min_requests`: an error ratio (5xx and
 //! upstream errors) above `max_error_ratio`, or a p99 above `max_p99`, is a breach, and a breach
-//! rolls back at once. The judgement itself, [`judge`], is a pure function; [`GuardService`]
-//! only ticks the admin handler, which owns every change.
+//! rolls back at once. The judgement itself, [`judge`], is a pure function; the admin handler's
+//! guard loop (`admin::watch`) ticks it and makes the rollback.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
-use crate::admin::Admin;
 use crate::config::GuardConfig;
 use crate::metrics::WindowStats;
 
@@ -71,36 +66,6 @@ pub fn judge(stats: &WindowStats, cfg: &GuardConfig) -> Verdict {
         }
     }
     Verdict::Healthy
-}
-
-/// Ticks the admin handler: judge the watched colour, advance a rollout.
-pub struct GuardService {
-    admin: Arc<Admin>,
-}
-
-impl GuardService {
-    pub fn new(admin: Arc<Admin>) -> GuardService {
-        GuardService { admin }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for GuardService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let admin = self.admin.clone();
-            // A tick may write the state file (fsync): keep it off the async workers.
-            if let Err(e) = tokio::task::spawn_blocking(move || admin.tick()).await {
-                tracing::error!("guard tick failed: {e}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

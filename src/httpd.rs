@@ -5,6 +5,10 @@
 //! clean start-up error, not a panic in a service task that leaves the process running without an
 //! admin socket, pingora#667), and tokio's `UnixStream` gives the peer's uid (SO_PEERCRED), which
 //! the audit trail records as the actor of a change.
+//!
+//! Their listening sockets survive a binary upgrade: [`HandOver`] registers each one in pingora's
+//! fd table, so `switchyard ctl upgrade` passes them to the new process with the proxy's own
+//! (next-steps §1.3 (A)), and neither a deploy script nor a scraper ever sees "connection refused".
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -82,11 +86,199 @@ impl Listener {
         Ok(Listener::Unix(l))
     }
 
+    /// A second handle on the same socket.
+    pub fn try_clone(&self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
+    }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        }
+    }
+
+    /// Binds a unix socket at `path` even though a process answers on it: binds next to it and
+    /// renames over it (atomic: a client connects to the old socket or the new one, never to
+    /// nothing). Only for a process taking over from an old one that did not hand the socket on.
+    pub fn replace_unix(path: &Path) -> Result<Listener, UnixBindError> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |reason: String| UnixBindError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let l = std::os::unix::net::UnixListener::bind(&tmp).map_err(|e| err(e.to_string()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot rename into place: {e}")))?;
+        l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+        Ok(Listener::Unix(l))
+    }
+
     /// The bound TCP address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Listener::Tcp(l) => l.local_addr().ok(),
             Listener::Unix(_) => None,
+        }
+    }
+}
+
+/// A listening socket kept across binary upgrades in pingora's fd table, under `key`.
+///
+/// A fresh process binds the socket in [`Switchyard::build`](crate::server::Switchyard::build)
+/// (a bind error is a clean start-up error) and [`HandOver::open`] registers it; a process
+/// started by `ctl upgrade` finds it in the table the old process sent and adopts it. The table
+/// holds only the fd's number, so the original socket stays here, open, for as long as the
+/// service runs: the server is served from a duplicate.
+pub struct HandOver {
+    key: String,
+    kind: Kind,
+    prebound: Option<Listener>,
+    /// The registered socket, kept open while the service lives.
+    held: Option<Listener>,
+}
+
+/// What a [`HandOver`] listens on.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl HandOver {
+    /// `prebound` is `None` in a process started by an upgrade: the socket comes from the old
+    /// process (or, from a release that did not hand these sockets over, is bound at start).
+    pub fn new(kind: Kind, prebound: Option<Listener>) -> HandOver {
+        let key = match &kind {
+            // The same key conventions as pingora's own listeners.
+            Kind::Tcp(addr) => addr.to_string(),
+            Kind::Unix(path) => path.display().to_string(),
+        };
+        HandOver {
+            key,
+            kind,
+            prebound,
+            held: None,
+        }
+    }
+
+    /// The fd table key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The socket to serve on: the inherited one if the table has it, else the pre-bound one
+    /// (or a new bind), registered in the table so the next upgrade passes it on.
+    pub fn open(
+        &mut self,
+        fds: Option<&pingora::server::ListenFds>,
+    ) -> Result<Listener, HandOverError> {
+        let err = |reason: String| HandOverError {
+            key: self.key.clone(),
+            reason,
+        };
+        let inherited = fds.and_then(|t| t.lock().get(&self.key).copied());
+        let listener = match inherited {
+            Some(fd) => inherited::adopt(fd, &self.kind).map_err(err)?,
+            None => {
+                let l = match self.prebound.take() {
+                    Some(l) => l,
+                    None => {
+                        tracing::info!(
+                            "{} is not among the sockets the old process handed over (a new address, or an \
+                             old process that did not hand it over): binding it",
+                            self.key
+                        );
+                        match &self.kind {
+                            Kind::Tcp(addr) => {
+                                Listener::bind_tcp(*addr).map_err(|e| err(e.to_string()))?
+                            }
+                            Kind::Unix(path) => {
+                                Listener::replace_unix(path).map_err(|e| err(e.reason))?
+                            }
+                        }
+                    }
+                };
+                if let Some(t) = fds {
+                    t.lock().add(self.key.clone(), l.raw_fd());
+                }
+                l
+            }
+        };
+        let serving = listener.try_clone().map_err(|e| err(e.to_string()))?;
+        self.held = Some(listener);
+        Ok(serving)
+    }
+}
+
+/// Why a handed-over socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the listening socket {key}: {reason}")]
+pub struct HandOverError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The one place that turns a raw fd into a socket.
+///
+/// `unsafe` is allowed here only (lib.rs denies it everywhere else): `from_raw_fd` needs the
+/// promise that nobody else owns or closes the fd. The fds come from pingora's table, which
+/// holds numbers without owning them; pingora's own listeners take only the keys they are
+/// configured with, and ours are distinct (an admin or metrics address cannot equal a proxy
+/// address: the config refuses it, and the kernel would too), so each inherited fd is adopted
+/// exactly once. What the fd is, is then checked: a socket bound to the expected address.
+mod inherited {
+    #![allow(unsafe_code)]
+
+    use std::os::fd::{FromRawFd, RawFd};
+
+    use super::{Kind, Listener};
+
+    pub fn adopt(fd: RawFd, kind: &Kind) -> Result<Listener, String> {
+        match kind {
+            Kind::Tcp(want) => {
+                // SAFETY: see the module doc: an inherited fd no one else owns.
+                let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                let got = l
+                    .local_addr()
+                    .map_err(|e| format!("inherited fd {fd}: {e}"))?;
+                if got.port() != want.port() {
+                    return Err(format!("inherited fd {fd} is bound to {got}, not {want}"));
+                }
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(Listener::Tcp(l))
+            }
+            Kind::Unix(want) => {
+                // SAFETY: see the module doc: an inherited fd no one else owns.
+                let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+                let got = l
+                    .local_addr()
+                    .map_err(|e| format!("inherited fd {fd}: {e}"))?;
+                // A socket a previous process bound next to the path and renamed into place
+                // (`replace_unix`) keeps its first name.
+                let named = got.as_pathname().is_some_and(|p| {
+                    p.as_os_str()
+                        .to_string_lossy()
+                        .starts_with(&*want.to_string_lossy())
+                });
+                if !named {
+                    return Err(format!(
+                        "inherited fd {fd} is bound to {got:?}, not {}",
+                        want.display()
+                    ));
+                }
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(Listener::Unix(l))
+            }
         }
     }
 }

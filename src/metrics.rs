@@ -17,12 +17,12 @@ use prometheus::{
 };
 
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use pingora::server::{ListenFds, ShutdownWatch};
 
 use crate::config::{Config, POOL_COUNT};
-use crate::httpd::{self, Listener};
+use crate::httpd::{self, HandOver};
 use crate::routing::{PoolId, Switchboard};
+use crate::upgrade::HandedOver;
 
 /// Metric names, in one place (SPEC §5).
 pub mod names {
@@ -40,6 +40,8 @@ pub mod names {
     pub const PREVIEW_REJECTED: &str = "switchyard_preview_rejected_total";
     pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
     pub const NOTIFY_FAILURES: &str = "switchyard_notify_failures_total";
+    pub const DNS_FAILURES: &str = "switchyard_dns_failures_total";
+    pub const DNS_CHANGES: &str = "switchyard_dns_changes_total";
 }
 
 /// Latency buckets for a proxy: from 0.5 ms (a cached or local answer) to 10 s (a timeout).
@@ -95,6 +97,10 @@ pub struct Metrics {
     pub preview_rejected: IntCounter,
     config_reloads: IntCounterVec,
     pub notify_failures: IntCounter,
+    /// Lookups of a backend name that failed or came back empty, by name.
+    pub dns_failures: IntCounterVec,
+    /// Lookups of a backend name that changed its set of addresses, by name.
+    pub dns_changes: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -230,6 +236,19 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            dns_failures: counter_vec(
+                &registry,
+                names::DNS_FAILURES,
+                "Lookups of a backend name that failed or returned no address (the last good \
+                 set is kept), by name.",
+                &["name"],
+            ),
+            dns_changes: counter_vec(
+                &registry,
+                names::DNS_CHANGES,
+                "Lookups of a backend name whose set of addresses changed, by name.",
+                &["name"],
+            ),
             registry,
             pools,
             pool_names,
@@ -245,7 +264,17 @@ impl Metrics {
         for r in ["ok", "error"] {
             m.config_reloads.with_label_values(&[r]);
         }
+        for name in config.pools.iter().flat_map(|p| &p.names) {
+            m.dns_names(&name.to_string());
+        }
         m
+    }
+
+    /// Makes a backend name's DNS series read 0 from now on (at start, and for a name a reload
+    /// adds).
+    pub fn dns_names(&self, name: &str) {
+        self.dns_failures.with_label_values(&[name]);
+        self.dns_changes.with_label_values(&[name]);
     }
 
     /// Records a finished request on `pool`. `status` 0 means no response was sent.
@@ -339,32 +368,47 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on the metrics listener.
+///
+/// A pingora `Service` so that its socket is handed to the new process on `ctl upgrade`
+/// (upgrade.rs): scrapes never meet "connection refused" during an upgrade.
 pub struct MetricsService {
     metrics: Arc<Metrics>,
     switchboard: Arc<Switchboard>,
-    listener: std::sync::Mutex<Option<Listener>>,
+    endpoint: HandOver,
+    handed_over: HandedOver,
 }
 
 impl MetricsService {
-    pub fn new(metrics: Arc<Metrics>, switchboard: Arc<Switchboard>, listener: Listener) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        switchboard: Arc<Switchboard>,
+        endpoint: HandOver,
+        handed_over: HandedOver,
+    ) -> Self {
         MetricsService {
             metrics,
             switchboard,
-            listener: std::sync::Mutex::new(Some(listener)),
+            endpoint,
+            handed_over,
         }
     }
 }
 
 #[async_trait]
-impl BackgroundService for MetricsService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
+impl pingora::services::Service for MetricsService {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let stop = self.handed_over.stop_accepting(shutdown.clone());
+        let listener = match self.endpoint.open(fds.as_ref()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("METRICS UNAVAILABLE: {e}; restart switchyard to get them back");
+                return;
+            }
         };
         let (metrics, switchboard) = (self.metrics.clone(), self.switchboard.clone());
         httpd::serve(
@@ -387,9 +431,28 @@ impl BackgroundService for MetricsService {
                 };
                 async move { resp }
             },
-            shutdown,
+            stop,
         )
         .await;
+        // The socket stays open (held by the endpoint) until the server stops: pingora's fd
+        // table refers to it by number.
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "metrics"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![self.endpoint.key().to_string()])
     }
 }
 

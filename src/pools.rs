@@ -74,12 +74,26 @@ impl Pool {
         }
     }
 
-    /// Both pools of a configuration, in configuration order. With health checks on, every
-    /// backend starts unhealthy until it passes `rise` checks; with them off, all are healthy.
+    /// Both pools of a configuration, in configuration order, with the addresses it lists.
+    /// With health checks on, every backend starts unhealthy until it passes `rise` checks; with
+    /// them off, all are healthy.
     pub fn from_config(config: &Config) -> [Pool; POOL_COUNT] {
+        let members = [
+            config.pools[0].backends.clone(),
+            config.pools[1].backends.clone(),
+        ];
+        Pool::with_config(config, &members)
+    }
+
+    /// Like [`Pool::from_config`], with `members` (the listed addresses plus what the backend
+    /// names resolved to) as each pool's backends.
+    pub fn with_config(
+        config: &Config,
+        members: &[Vec<SocketAddr>; POOL_COUNT],
+    ) -> [Pool; POOL_COUNT] {
         let pools = [
-            Pool::new(&config.pools[0].name, &config.pools[0].backends),
-            Pool::new(&config.pools[1].name, &config.pools[1].backends),
+            Pool::new(&config.pools[0].name, &members[0]),
+            Pool::new(&config.pools[1].name, &members[1]),
         ];
         if config.health.enabled {
             for b in pools.iter().flat_map(|p| &p.backends) {
@@ -154,6 +168,11 @@ impl Pool {
 
     pub fn end_request(&self) {
         self.counters.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The members' addresses, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(|b| b.addr).collect()
     }
 
     /// How many backends are healthy now.

@@ -383,6 +383,13 @@ impl ProxyHttp for Proxy {
             session.respond_error_with_body(status, body).await?;
             return Ok(true);
         }
+        if crate::upgrade::handed_over() {
+            // ctl upgrade: this process has handed its sockets to a new one and stops in a few
+            // seconds. Close each connection after its response, so the client's next request
+            // goes out on a connection the new process accepts instead of racing the shutdown
+            // (which drops idle keep-alive connections). One relaxed load per request.
+            session.set_keepalive(None);
+        }
         let table = self.switchboard.load_full();
         let (chosen, preview) = match self.preview_pool(session, &table) {
             Some(pool) => (pool, true),

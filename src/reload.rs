@@ -24,6 +24,14 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// What turns the members `old` into `new`.
+    pub fn between(old: &[SocketAddr], new: &[SocketAddr]) -> Membership {
+        Membership {
+            added: new.iter().filter(|a| !old.contains(a)).copied().collect(),
+            removed: old.iter().filter(|a| !new.contains(a)).copied().collect(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty()
     }
@@ -55,8 +63,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan that turns `old` into `new`.
-    pub fn between(old: &Config, new: &Config) -> Plan {
+    /// The plan that turns `old` into `new`, whose pools have the members `old_members` and
+    /// `new_members` (the addresses each file lists plus what its backend names resolve to).
+    pub fn between(
+        old: &Config,
+        new: &Config,
+        old_members: &[Vec<SocketAddr>; POOL_COUNT],
+        new_members: &[Vec<SocketAddr>; POOL_COUNT],
+    ) -> Plan {
         let mut plan = Plan::default();
         for (i, (o, n)) in old.pools.iter().zip(&new.pools).enumerate() {
             if o.name != n.name {
@@ -67,20 +81,14 @@ impl Plan {
                 ));
                 continue;
             }
-            plan.members[i] = Membership {
-                added: n
-                    .backends
-                    .iter()
-                    .filter(|a| !o.backends.contains(a))
-                    .copied()
-                    .collect(),
-                removed: o
-                    .backends
-                    .iter()
-                    .filter(|a| !n.backends.contains(a))
-                    .copied()
-                    .collect(),
-            };
+            plan.members[i] = Membership::between(&old_members[i], &new_members[i]);
+            if o.names != n.names {
+                plan.settings.push(setting(
+                    &format!("pools.{}.backends (names)", n.name),
+                    &list(&o.names),
+                    &list(&n.names),
+                ));
+            }
         }
 
         let mut d = Differ { plan: &mut plan };
@@ -190,6 +198,12 @@ impl Plan {
         );
         d.set("log.access", &old.log.access, &new.log.access);
         d.set("notify.webhook", &hooks(old), &hooks(new));
+        d.set(
+            "dns.servers",
+            &list(&old.dns.servers),
+            &list(&new.dns.servers),
+        );
+        d.set("dns.refresh", &dur(old.dns.refresh), &dur(new.dns.refresh));
         plan
     }
 
@@ -226,6 +240,12 @@ impl Plan {
             parts.join("; ")
         }
     }
+}
+
+/// Whether a key that cannot change in place cannot change through a binary upgrade either: the
+/// new process takes over the old one's admin socket, state directory and pools.
+pub fn restart_only(key: &str) -> bool {
+    key == "admin.socket" || key == "state.dir" || key.starts_with("pools.")
 }
 
 /// Sorts differences into the plan.
@@ -311,6 +331,11 @@ fn hooks(c: &Config) -> String {
 mod tests {
     use super::*;
 
+    fn plan(old: &Config, new: &Config) -> Plan {
+        let members = |c: &Config| [c.pools[0].backends.clone(), c.pools[1].backends.clone()];
+        Plan::between(old, new, &members(old), &members(new))
+    }
+
     fn config(extra: &str, green: &str) -> Config {
         let text = format!(
             "[pools.blue]\nbackends = [\"127.0.0.1:8001\"]\n[pools.green]\nbackends = [{green}]\n{extra}"
@@ -321,7 +346,7 @@ mod tests {
     #[test]
     fn the_same_file_changes_nothing() {
         let c = config("", "\"127.0.0.1:9001\"");
-        let plan = Plan::between(&c, &c.clone());
+        let plan = plan(&c, &c.clone());
         assert!(plan.is_empty());
         assert_eq!(plan.summary(&["blue".into(), "green".into()]), "no change");
     }
@@ -336,7 +361,7 @@ mod tests {
             "[guard]\nmax_error_ratio = 0.02\n",
             "\"127.0.0.1:9002\", \"127.0.0.1:9005\"",
         );
-        let plan = Plan::between(&old, &new);
+        let plan = plan(&old, &new);
         assert!(plan.restart.is_empty());
         assert_eq!(plan.members[0], Membership::default());
         assert_eq!(plan.members[1].added, ["127.0.0.1:9005".parse().unwrap()]);
@@ -354,7 +379,7 @@ mod tests {
             "[listen]\nhttp = [\"127.0.0.1:8181\"]\n[state]\ndir = \"/tmp/elsewhere\"\n",
             "\"127.0.0.1:9001\"",
         );
-        let plan = Plan::between(&old, &new);
+        let plan = plan(&old, &new);
         let keys: Vec<&str> = plan.restart.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(keys, ["listen.http", "state.dir"]);
         assert!(plan.settings.is_empty());
@@ -365,7 +390,7 @@ mod tests {
         let old = config("", "\"127.0.0.1:9001\"");
         let text = "[pools.blue]\nbackends = [\"127.0.0.1:8001\"]\n[pools.teal]\nbackends = [\"127.0.0.1:9001\"]\n";
         let new = Config::parse(text, "t.toml").unwrap();
-        let plan = Plan::between(&old, &new);
+        let plan = plan(&old, &new);
         assert_eq!(plan.restart[0].key, "pools.green");
         assert_eq!(plan.restart[0].to, "pools.teal");
     }
@@ -379,7 +404,7 @@ mod tests {
              [[notify.webhook]]\nurl = \"http://127.0.0.1:1/hook\"\n",
             "\"127.0.0.1:9001\"",
         );
-        let plan = Plan::between(&old, &new);
+        let plan = plan(&old, &new);
         let keys: Vec<&str> = plan.settings.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(
             keys,

@@ -136,7 +136,17 @@ impl Switchboard {
         salt: u64,
         settings: ProxySettings,
     ) -> Switchboard {
-        let pools = Arc::new(Pool::from_config(config));
+        Switchboard::with_pools(Pool::from_config(config), state, salt, settings)
+    }
+
+    /// Starts with `pools` (built by the caller, e.g. with resolved backend names) in `state`.
+    pub fn with_pools(
+        pools: [Pool; POOL_COUNT],
+        state: RouteState,
+        salt: u64,
+        settings: ProxySettings,
+    ) -> Switchboard {
+        let pools = Arc::new(pools);
         Switchboard {
             table: ArcSwap::from_pointee(RoutingTable {
                 state,

@@ -18,17 +18,18 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
-use crate::admin::{Admin, AdminParts};
+use crate::admin::{Admin, AdminParts, GuardService};
 use crate::config::Config;
-use crate::guard::GuardService;
+use crate::dns::{self, Names};
 use crate::health::{HealthChecker, HealthControl};
-use crate::httpd::{Listener, UnixBindError};
+use crate::httpd::{HandOver, Kind, Listener, UnixBindError};
 use crate::metrics::{Metrics, MetricsService};
 use crate::notify::Notifier;
 use crate::preview::{PreviewError, PreviewKey};
 use crate::proxy::Proxy;
 use crate::routing::Switchboard;
 use crate::state::StoreError;
+use crate::upgrade::{HandOverTrigger, NotWarm, PhaseWatch, Upgrader};
 
 /// Why switchyard could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,11 @@ pub enum StartError {
     State(#[from] StoreError),
     #[error("{0}")]
     Preview(#[from] PreviewError),
+    /// `serve --upgrade`: the backends did not pass their checks in time (upgrade.rs).
+    #[error("{0}")]
+    NotWarm(#[from] NotWarm),
+    #[error("cannot warm up the backends: {0}")]
+    Runtime(io::Error),
 }
 
 /// Read buffer per client connection: none. pingora's default is 64 KiB, held for as long as the
@@ -84,6 +90,13 @@ pub struct RunMode {
     /// Check shortly after start that every proxy listener accepts connections, and exit(1) if
     /// one does not. Only for a process of its own.
     pub probe_listeners: bool,
+    /// How `ctl upgrade` makes the signal watch hand the sockets over
+    /// ([`ProcessSignals::hand_over_trigger`]); with the config file's path, it makes upgrades
+    /// available. `None` (embedded, demo): `POST /v1/upgrade` answers 501.
+    pub hand_over: Option<HandOverTrigger>,
+    /// This is the new process of an upgrade (`serve --upgrade`): take the listening sockets
+    /// from the old one instead of binding them, after warming the backends up (upgrade.rs).
+    pub upgrade: bool,
 }
 
 impl RunMode {
@@ -92,6 +105,8 @@ impl RunMode {
         RunMode {
             exit_when_drained: true,
             probe_listeners: true,
+            hand_over: None,
+            upgrade: false,
         }
     }
 
@@ -100,6 +115,8 @@ impl RunMode {
         RunMode {
             exit_when_drained: false,
             probe_listeners: false,
+            hand_over: None,
+            upgrade: false,
         }
     }
 }
@@ -121,12 +138,19 @@ impl Switchyard {
         config_path: Option<PathBuf>,
         mode: RunMode,
     ) -> Result<Switchyard, StartError> {
-        for &addr in &config.listen {
-            // Fail now on a busy port rather than inside pingora's service task.
-            std::net::TcpListener::bind(addr)
-                .map_err(|source| StartError::Bind { addr, source })?;
+        // In an upgrade every listening socket comes from the old process (upgrade.rs): none is
+        // bound, or checked by binding, here.
+        let fresh = !mode.upgrade;
+        if fresh {
+            for &addr in &config.listen {
+                // Fail now on a busy port rather than inside pingora's service task.
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| StartError::Bind { addr, source })?;
+            }
         }
-        let mut admin_listeners = vec![(Listener::bind_unix(&config.admin.socket)?, None)];
+        let socket = &config.admin.socket;
+        let prebound = fresh.then(|| Listener::bind_unix(socket)).transpose()?;
+        let mut admin_endpoints = vec![(HandOver::new(Kind::Unix(socket.clone()), prebound), None)];
         if let Some(addr) = config.admin.listen {
             let path = config
                 .admin
@@ -134,15 +158,20 @@ impl Switchyard {
                 .as_ref()
                 .expect("validated: admin.listen requires token_file");
             let tokens = Tokens::load(path)?;
-            let l = Listener::bind_tcp(addr)
+            let prebound = fresh
+                .then(|| Listener::bind_tcp(addr))
+                .transpose()
                 .map_err(|source| StartError::AdminListen { addr, source })?;
-            admin_listeners.push((l, Some(tokens)));
+            admin_endpoints.push((HandOver::new(Kind::Tcp(addr), prebound), Some(tokens)));
         }
-        let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(
-                Listener::bind_tcp(addr)
-                    .map_err(|source| StartError::MetricsListen { addr, source })?,
-            ),
+        let metrics_endpoint = match config.metrics.listen {
+            Some(addr) => {
+                let prebound = fresh
+                    .then(|| Listener::bind_tcp(addr))
+                    .transpose()
+                    .map_err(|source| StartError::MetricsListen { addr, source })?;
+                Some(HandOver::new(Kind::Tcp(addr), prebound))
+            }
             None => None,
         };
         let run_dir = config
@@ -160,6 +189,8 @@ impl Switchyard {
         };
         let (notifier, delivery) = Notifier::new(config.notify.clone(), metrics.clone());
         let health = HealthControl::new(config.health.clone());
+        let dns = Names::new(&config, metrics.clone());
+        resolve_at_start(&config, &dns);
         let (switchboard, admin) = Admin::start(
             &config,
             AdminParts {
@@ -167,7 +198,8 @@ impl Switchyard {
                 preview,
                 notifier: notifier.clone(),
                 health: health.clone(),
-                config_path,
+                dns: dns.clone(),
+                config_path: config_path.clone(),
             },
         )?;
         let admin = Arc::new(admin);
@@ -192,8 +224,34 @@ impl Switchyard {
             ..ServerConf::default()
         };
         conf.daemon = false;
-        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        let upgrade_sock = PathBuf::from(&conf.upgrade_sock);
+        if mode.upgrade && config.health.enabled {
+            // Before asking for the sockets: after that there is no way back for the old process.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(StartError::Runtime)?;
+            let bound = crate::upgrade::warm_up_bound();
+            rt.block_on(crate::upgrade::warm_up(&switchboard, &config.health, bound))?;
+        }
+        let opt = Opt {
+            upgrade: mode.upgrade,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
+        // With `upgrade`, this waits on upgrade.sock for the old process's sockets (pingora exits
+        // the process if they do not come).
         server.bootstrap();
+        if mode.upgrade {
+            admin.adopt_saved_state();
+            crate::logging::to_stdout();
+            tracing::info!(
+                "took over the listening sockets from pid {}",
+                std::env::var(crate::upgrade::ENV_FROM).unwrap_or_else(|_| "?".into())
+            );
+        }
+        let (phase_watch, handed_over) = PhaseWatch::new(server.watch_execution_phase());
+        add_background(&mut server, "upgrade phase", phase_watch);
 
         let proxy = Proxy::new(switchboard.clone(), metrics.clone());
         let mut proxy_service =
@@ -219,18 +277,41 @@ impl Switchyard {
             proxy_service.endpoints().add_listener(listener);
         }
         server.add_service(proxy_service);
-        add_background(
-            &mut server,
-            "admin",
-            AdminService::new(admin.clone(), admin_listeners),
-        );
+        let upgrader = match (&config_path, &mode.hand_over) {
+            (Some(path), Some(trigger)) => {
+                let mut keys: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+                keys.extend(admin_endpoints.iter().map(|(e, _)| e.key().to_string()));
+                keys.extend(metrics_endpoint.iter().map(|e| e.key().to_string()));
+                Some(Arc::new(Upgrader::new(
+                    admin.clone(),
+                    path.clone(),
+                    upgrade_sock,
+                    keys,
+                    trigger.clone(),
+                )))
+            }
+            _ => None,
+        };
+        server.add_service(AdminService::new(
+            admin.clone(),
+            admin_endpoints,
+            handed_over.clone(),
+            upgrader,
+        ));
         add_background(&mut server, "guard", GuardService::new(admin.clone()));
         add_background(&mut server, "notifications", delivery);
         let checker = HealthChecker::new(switchboard.clone(), health);
         add_background(&mut server, "health checks", checker);
-        if let Some(listener) = metrics_listener {
-            let svc = MetricsService::new(metrics.clone(), switchboard.clone(), listener);
-            add_background(&mut server, "metrics", svc);
+        let applier = admin.clone();
+        let watcher = dns::Watcher::new(dns, Arc::new(move || applier.apply_dns()));
+        add_background(&mut server, "dns", watcher);
+        if let Some(endpoint) = metrics_endpoint {
+            server.add_service(MetricsService::new(
+                metrics.clone(),
+                switchboard.clone(),
+                endpoint,
+                handed_over,
+            ));
         }
 
         if mode.exit_when_drained {
@@ -247,6 +328,9 @@ impl Switchyard {
                 "listener probe",
                 ListenerProbe {
                     addrs: config.listen.clone(),
+                    switchboard: switchboard.clone(),
+                    health: config.health.clone(),
+                    upgrade: mode.upgrade,
                 },
             );
         }
@@ -316,21 +400,35 @@ impl Switchyard {
 /// (reliability-anchors B2). These handlers are registered before anything starts; a signal that
 /// arrives early is kept and acted on when the server is ready for it.
 pub struct ProcessSignals {
-    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<i32>>,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Stop>>,
+    tx: tokio::sync::mpsc::UnboundedSender<Stop>,
     /// SIGHUP: reload the configuration. A permit is kept until the reloader takes it, so a
     /// SIGHUP during start-up is acted on once the server runs (and several in a row are one).
     hup: Arc<tokio::sync::Notify>,
 }
 
+/// What ends the server: a signal, or `ctl upgrade` handing the sockets over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Signal(i32),
+    HandOver,
+}
+
 impl ProcessSignals {
-    /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown), SIGQUIT (treated as
-    /// SIGTERM: pingora's hand-over of listening sockets to a new process is not supported, as
-    /// the admin and metrics sockets are not pingora listeners) and SIGHUP (reload the
-    /// configuration, see [`Switchyard::reload_on`]; its default action would kill the process).
+    /// Registers SIGTERM (graceful shutdown), SIGINT (quick shutdown), SIGQUIT (graceful
+    /// shutdown too) and SIGHUP (reload the configuration, see [`Switchyard::reload_on`]; its
+    /// default action would kill the process).
+    ///
+    /// SIGQUIT, pingora's upgrade signal, stays a graceful *terminate*: pingora hands the sockets
+    /// over on it whether or not a new process is waiting for them, and then stops accepting,
+    /// so a stray `kill -QUIT` would be an outage. `switchyard ctl upgrade` is the way to hand
+    /// over: it starts the new process, waits until it is warm and listening for the sockets,
+    /// and only then hands over ([`ProcessSignals::hand_over_trigger`], upgrade.rs).
     pub fn install() -> io::Result<ProcessSignals> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let upgrade_tx = tx.clone();
         let hup = Arc::new(tokio::sync::Notify::new());
         let on_hup = hup.clone();
         std::thread::Builder::new()
@@ -341,15 +439,23 @@ impl ProcessSignals {
                         on_hup.notify_one();
                         continue;
                     }
-                    if tx.send(sig).is_err() {
+                    if tx.send(Stop::Signal(sig)).is_err() {
                         return;
                     }
                 }
             })?;
         Ok(ProcessSignals {
             rx: tokio::sync::Mutex::new(rx),
+            tx: upgrade_tx,
             hup,
         })
+    }
+
+    /// What `ctl upgrade` fires to make the server hand its sockets over (pingora's
+    /// `GracefulUpgrade`) once the new process waits for them.
+    pub fn hand_over_trigger(&self) -> HandOverTrigger {
+        let tx = self.tx.clone();
+        HandOverTrigger::new(move || tx.send(Stop::HandOver).is_ok())
     }
 
     /// Run arguments for [`Switchyard::run`] that act on these signals.
@@ -365,7 +471,8 @@ impl ShutdownSignalWatch for ProcessSignals {
     async fn recv(&self) -> ShutdownSignal {
         use signal_hook::consts::SIGINT;
         match self.rx.lock().await.recv().await {
-            Some(SIGINT) => ShutdownSignal::FastShutdown,
+            Some(Stop::Signal(SIGINT)) => ShutdownSignal::FastShutdown,
+            Some(Stop::HandOver) => ShutdownSignal::GracefulUpgrade,
             _ => ShutdownSignal::GracefulTerminate,
         }
     }
@@ -439,6 +546,34 @@ where
     server.add_service(svc);
 }
 
+/// Resolves the backend names once before the pools are built, so that they start whole rather
+/// than fill in a refresh later. Bounded by the lookup timeout; a name that fails here is logged
+/// and left to the watcher's retries (the process starts anyway: DNS may be back in a moment).
+fn resolve_at_start(config: &Config, names: &dns::Names) {
+    let pending = names.unknown(config);
+    if pending.is_empty() {
+        return;
+    }
+    // On a thread of its own: `build` may be called from inside a runtime (tests, embedders).
+    let dns_config = config.dns.clone();
+    let found = std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(dns::Names::lookup_all(&dns_config, pending)))
+            })
+            .join()
+    });
+    match found {
+        Ok(Ok(found)) => {
+            names.record(found);
+        }
+        _ => tracing::warn!("cannot resolve backend names at start; the watcher will retry"),
+    }
+}
+
 fn create_dir(path: &std::path::Path) -> Result<(), StartError> {
     std::fs::create_dir_all(path).map_err(|source| StartError::Dir {
         path: path.to_path_buf(),
@@ -510,9 +645,14 @@ impl DrainWatcher {
     }
 }
 
-/// Checks that every proxy listener accepts connections shortly after start.
+/// Checks that every proxy listener accepts connections shortly after start, then tells systemd
+/// the service is ready (`Type=notify`).
 struct ListenerProbe {
     addrs: Vec<SocketAddr>,
+    switchboard: Arc<Switchboard>,
+    health: crate::config::HealthConfig,
+    /// The new process of an upgrade: warm already, and the service's main process from now on.
+    upgrade: bool,
 }
 
 /// How long the listeners get to come up before the process gives up.
@@ -545,6 +685,40 @@ impl BackgroundService for ListenerProbe {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+        self.notify_ready().await;
+    }
+}
+
+impl ListenerProbe {
+    /// READY=1 once the listeners are up and the first health round is done: when every pool
+    /// with traffic has `min_healthy` healthy, or when the checker has had the time to get there
+    /// (a proxy whose backends are down is still up, and says so in `status`). After an upgrade
+    /// the backends are warm already, and MAINPID moves systemd's attention to this process.
+    async fn notify_ready(&self) {
+        if !self.upgrade && self.health.enabled {
+            let first_round = self.health.interval * self.health.rise + self.health.timeout;
+            let until = Instant::now() + first_round + Duration::from_secs(1);
+            while Instant::now() < until {
+                let t = self.switchboard.load();
+                let mut live = vec![t.state.primary];
+                if t.state.canary_bp > 0 {
+                    live.push(t.state.canary_pool());
+                }
+                if live
+                    .iter()
+                    .all(|&id| t.pool(id).healthy_count() >= self.health.min_healthy)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let main_pid = self.upgrade.then(std::process::id);
+        match crate::sd_notify::ready(main_pid) {
+            Ok(true) => tracing::info!("told systemd the service is ready"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}"),
         }
     }
 }

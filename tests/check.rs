@@ -37,7 +37,7 @@ fn a_bad_address_an_unknown_key_and_an_integer_duration_are_all_reported_in_file
 stickyness = "ip"
 
 [pools.blue]
-backends = ["10.0.0.1:8000", "app-1:8000"]
+backends = ["10.0.0.1:8000", "10.0.0.300:8000"]
 [pools.green]
 backends = ["10.0.1.1:8000"]
 
@@ -53,8 +53,9 @@ interval = 2
         [
             format!("{f}:2:1: unknown key `stickyness` in [routing]; did you mean `sticky`?"),
             format!(
-                "{f}:5:30: pool `blue` backend `app-1:8000` is not an IP:port address (hostnames \
-                 are not resolved; write e.g. 127.0.0.1:8000 or [::1]:8000)"
+                "{f}:5:30: pool `blue` backend `10.0.0.300:8000` is neither an IP:port address \
+                 nor a host:port name; write e.g. 10.0.0.1:8000, [::1]:8000 or \
+                 app-green.internal:8000"
             ),
             format!(
                 "{f}:10:12: [health] interval must be a duration string such as \"2s\", not an \

@@ -21,6 +21,17 @@ fn the_unit_keeps_its_promises() {
     assert_eq!(directive("NoNewPrivileges"), ["yes"]);
     assert!(directive("ExecStartPre")[0].contains("switchyard check -c"));
     assert!(directive("ExecStart")[0].contains("switchyard serve -c"));
+    // Readiness and upgrades: the process `ctl upgrade` starts says READY and MAINPID itself.
+    assert_eq!(directive("Type"), ["notify"]);
+    assert_eq!(directive("NotifyAccess"), ["all"]);
+    // Reload is the configuration reload, never a restart or a SIGQUIT hand-over.
+    let reload = directive("ExecReload");
+    assert_eq!(reload.len(), 1, "{reload:?}");
+    assert!(reload[0].ends_with("switchyard ctl reload"), "{reload:?}");
+    // No pid file dance (Type=forking): MAINPID= is how systemd follows an upgrade.
+    assert!(directive("PIDFile").is_empty());
+    // KillMode stays control-group: stop reaches the new process as well as a draining old one.
+    assert!(directive("KillMode").is_empty() || directive("KillMode") == ["control-group"]);
     // Above the default grace period, so systemd never SIGKILLs a proxy that is draining.
     let stop = humantime::parse_duration(directive("TimeoutStopSec")[0]).unwrap();
     assert!(stop > switchyard::config::defaults::GRACE_PERIOD + std::time::Duration::from_secs(5));

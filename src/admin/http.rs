@@ -5,7 +5,7 @@
 //! answer. Every error leaves as `{"error": "<sentence>", "code": "<code>"}` with its status.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,13 +13,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use pingora::server::{ListenFds, ShutdownWatch};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::{Admin, AdminCommand, AdminError, ChangeOpts, Reply, DEFAULT_HISTORY_LIMIT};
-use crate::httpd::{self, Listener, Peer};
+use crate::httpd::{self, HandOver, Peer};
+use crate::upgrade::{HandedOver, UpgradeError, UpgradeRequest, Upgrader};
 
 /// Longest rollout step accepted.
 const MAX_ROLLOUT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -95,40 +95,95 @@ impl Tokens {
     }
 }
 
-/// Serves the admin API on `listeners` until shutdown.
+/// Serves the admin API on its sockets until shutdown, or until a binary upgrade has handed
+/// them to the new process.
+///
+/// A pingora [`Service`](pingora::services::Service) rather than a background service so that
+/// its sockets are in pingora's fd table and go to the new process with the proxy's listeners
+/// (next-steps §1.3 (A)): `ctl status` never meets "connection refused" during an upgrade.
 pub struct AdminService {
     pub admin: Arc<Admin>,
-    listeners: Mutex<Vec<(Listener, Option<Tokens>)>>,
+    endpoints: Vec<(HandOver, Option<Tokens>)>,
+    handed_over: HandedOver,
+    upgrader: Option<Arc<Upgrader>>,
 }
 
 impl AdminService {
-    /// `listeners` pairs each bound socket with the tokens it requires (`None`: the unix socket,
-    /// where file permissions are the boundary).
-    pub fn new(admin: Arc<Admin>, listeners: Vec<(Listener, Option<Tokens>)>) -> AdminService {
+    /// `endpoints` pairs each socket with the tokens it requires (`None`: the unix socket, where
+    /// file permissions are the boundary). Without an `upgrader`, `POST /v1/upgrade` answers 501.
+    pub fn new(
+        admin: Arc<Admin>,
+        endpoints: Vec<(HandOver, Option<Tokens>)>,
+        handed_over: HandedOver,
+        upgrader: Option<Arc<Upgrader>>,
+    ) -> AdminService {
         AdminService {
             admin,
-            listeners: Mutex::new(listeners),
+            endpoints,
+            handed_over,
+            upgrader,
         }
     }
 }
 
 #[async_trait]
-impl BackgroundService for AdminService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let listeners =
-            std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+impl pingora::services::Service for AdminService {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let stop = self.handed_over.stop_accepting(shutdown.clone());
         let mut tasks = Vec::new();
-        for (listener, tokens) in listeners {
+        for (endpoint, tokens) in &mut self.endpoints {
+            let listener = match endpoint.open(fds.as_ref()) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(
+                        "ADMIN API UNAVAILABLE: {e}; restart switchyard to get it back"
+                    );
+                    continue;
+                }
+            };
             let admin = self.admin.clone();
+            let tokens = tokens.clone();
+            let upgrader = self.upgrader.clone();
             tasks.push(tokio::spawn(httpd::serve(
                 listener,
-                move |req, peer| respond(admin.clone(), tokens.clone(), req, peer),
-                shutdown.clone(),
+                move |req, peer| {
+                    respond(admin.clone(), tokens.clone(), upgrader.clone(), req, peer)
+                },
+                stop.clone(),
             )));
         }
         for t in tasks {
             let _ = t.await;
         }
+        // Keep the sockets (held by the endpoints) open until the server stops: pingora's fd
+        // table refers to them by number.
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "admin"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(
+            self.endpoints
+                .iter()
+                .map(|(e, _)| e.key().to_string())
+                .collect(),
+        )
     }
 }
 
@@ -136,13 +191,84 @@ impl BackgroundService for AdminService {
 pub async fn respond(
     admin: Arc<Admin>,
     tokens: Option<Tokens>,
+    upgrader: Option<Arc<Upgrader>>,
     req: Request<Incoming>,
     peer: Peer,
 ) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/v1/upgrade" {
+        return upgrade(upgrader, tokens, req, peer).await;
+    }
     match route(admin, tokens, req, peer).await {
         Ok(reply) => httpd::json(200, to_json(&reply)),
         Err(e) => error_response(&e),
     }
+}
+
+/// `POST /v1/upgrade {"binary"?, "timeout"?}`: hands this process's sockets to a new binary
+/// (upgrade.rs). Answers once the new process is about to take over; `ctl upgrade` then waits
+/// for it to answer `status`.
+async fn upgrade(
+    upgrader: Option<Arc<Upgrader>>,
+    tokens: Option<Tokens>,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Response<Full<Bytes>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        binary: Option<std::path::PathBuf>,
+        /// e.g. "60s".
+        timeout: Option<String>,
+    }
+    let parsed = async {
+        let actor = authenticate(tokens.as_ref(), &req, &peer)?;
+        if req.method() != Method::POST {
+            return Err(AdminError::MethodNotAllowed {
+                path: "/v1/upgrade".into(),
+                method: req.method().to_string(),
+                allowed: "POST",
+            });
+        }
+        let body: Body = parse(&read_body(req).await?)?;
+        let timeout = match body.timeout {
+            None => None,
+            Some(t) => Some(
+                humantime::parse_duration(&t)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        AdminError::BadRequest(format!(
+                            "upgrade timeout `{t}` is not a positive duration; write e.g. \"60s\""
+                        ))
+                    })?,
+            ),
+        };
+        Ok((
+            actor,
+            UpgradeRequest {
+                binary: body.binary,
+                timeout,
+            },
+        ))
+    }
+    .await;
+    let (actor, request) = match parsed {
+        Ok(p) => p,
+        Err(e) => return error_response(&e),
+    };
+    let Some(upgrader) = upgrader else {
+        return upgrade_error(&UpgradeError::Unavailable);
+    };
+    tracing::info!(actor = %actor, "binary upgrade requested");
+    match upgrader.upgrade(request).await {
+        Ok(started) => httpd::json(200, to_json(&started)),
+        Err(e) => upgrade_error(&e),
+    }
+}
+
+fn upgrade_error(e: &UpgradeError) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": e.to_string(), "code": e.code() });
+    httpd::json(e.status(), to_json(&body))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {

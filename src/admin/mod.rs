@@ -10,330 +10,49 @@
 //! file cannot be written the store is undone and the call fails, so an acknowledged change is
 //! always a durable one and a failed call leaves the state exactly as it was. Changes serialise on
 //! one mutex; the request path never touches it.
+//!
+//! Where things are: this file decides and makes a change durable ([`Admin::handle`],
+//! `apply`); `command` holds the vocabulary (commands, replies, errors); `view` builds the
+//! status every client shows; `watch` is the guard and rollout loop; `reload` applies a new
+//! configuration or new DNS members; `handover` freezes changes during a binary upgrade; [`http`]
+//! is the wire.
 
+mod command;
+mod handover;
 pub mod http;
 mod reload;
+mod view;
+mod watch;
 
+pub use command::{
+    AdminCommand, AdminError, Change, ChangeOpts, PreviewCookie, Reply, DEFAULT_HISTORY_LIMIT,
+    MAX_HISTORY_LIMIT,
+};
 pub use reload::Reloaded;
+pub use view::{
+    BackendStatus, GuardJudgement, GuardStatus, GuardWatch, PoolStatus, RolloutStatus, Status,
+};
+pub use watch::{GuardService, WatchKind};
+use watch::{Judgement, Watch};
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 
 use crate::config::{Config, MAX_BP};
-use crate::guard::{judge, Verdict};
+use crate::dns::Names;
 use crate::health::HealthControl;
-use crate::metrics::{Metrics, WindowStats, STATUS_WINDOW};
+use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
+use crate::pools::Pool;
 use crate::preview::{PreviewKey, PREVIEW_COOKIE};
-use crate::rollout::{steps_to_bp, Next, Rollout};
+use crate::rollout::{steps_to_bp, Rollout};
 use crate::routing::{other, PoolId, RouteState, Switchboard};
 use crate::settings::ProxySettings;
-use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoreError, StoredRoute};
-
-/// Default and largest `GET /v1/history?limit=`.
-pub const DEFAULT_HISTORY_LIMIT: usize = 20;
-pub const MAX_HISTORY_LIMIT: usize = 10_000;
-
-/// One admin request, parsed and typed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AdminCommand {
-    Status,
-    Health,
-    History {
-        limit: usize,
-    },
-    Flip {
-        to: String,
-        change: ChangeOpts,
-    },
-    Canary {
-        pool: String,
-        bp: u32,
-        change: ChangeOpts,
-    },
-    Promote {
-        change: ChangeOpts,
-    },
-    Rollback {
-        change: ChangeOpts,
-    },
-    /// Re-read the configuration file and apply what changed.
-    Reload {
-        reason: Option<String>,
-    },
-    /// A signed `sy_preview` cookie that lets a browser preview `pool`.
-    PreviewCookie {
-        pool: String,
-    },
-    /// Start a progressive rollout to `to`: canary weights `steps` (percent), `interval` each.
-    Rollout {
-        to: String,
-        steps: Vec<f64>,
-        interval: Duration,
-        change: ChangeOpts,
-    },
-    RolloutPause {
-        change: ChangeOpts,
-    },
-    RolloutResume {
-        change: ChangeOpts,
-    },
-    /// Stop the rollout and send the canary's traffic back (canary 0).
-    RolloutAbort {
-        change: ChangeOpts,
-    },
-}
-
-/// Options every change accepts.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChangeOpts {
-    /// Skip the health gate (recorded in history).
-    pub force: bool,
-    pub reason: Option<String>,
-    /// Refuse unless the current generation is this one (optimistic concurrency for scripts).
-    pub if_generation: Option<u64>,
-}
-
-/// Why an admin request was refused or failed. Rendered once, as `{"error", "code"}`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum AdminError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error(
-        "unauthorized: send `Authorization: Bearer <token>` with a token from the admin token file"
-    )]
-    Unauthorized,
-    #[error("no such endpoint {0}; see GET /v1/status, POST /v1/flip, /v1/canary, /v1/promote, /v1/rollback, GET /v1/history")]
-    NotFound(String),
-    #[error("unknown pool `{name}`; the pools are {known}")]
-    UnknownPool { name: String, known: String },
-    #[error("{path} needs {allowed}, not {method}")]
-    MethodNotAllowed {
-        path: String,
-        method: String,
-        allowed: &'static str,
-    },
-    #[error("request body is over the {limit} byte limit")]
-    PayloadTooLarge { limit: usize },
-    #[error("{0}")]
-    Timeout(String),
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    /// The request was understood but its content cannot be applied (a reload's file has
-    /// errors, or changes what cannot change in place); `details` lists each problem.
-    #[error("{message}")]
-    Unprocessable {
-        code: &'static str,
-        message: String,
-        details: Vec<String>,
-    },
-    #[error("{0}")]
-    NotImplemented(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl AdminError {
-    /// The HTTP status this error is answered with.
-    pub fn status(&self) -> u16 {
-        match self {
-            AdminError::BadRequest(_) => 400,
-            AdminError::Unauthorized => 401,
-            AdminError::NotFound(_) | AdminError::UnknownPool { .. } => 404,
-            AdminError::MethodNotAllowed { .. } => 405,
-            AdminError::Conflict { .. } => 409,
-            AdminError::PayloadTooLarge { .. } => 413,
-            AdminError::Unprocessable { .. } => 422,
-            AdminError::Timeout(_) => 408,
-            AdminError::Internal(_) => 500,
-            AdminError::NotImplemented(_) => 501,
-        }
-    }
-
-    /// The stable, machine-readable code scripts match on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            AdminError::BadRequest(_) => "bad_request",
-            AdminError::Unauthorized => "unauthorized",
-            AdminError::NotFound(_) => "not_found",
-            AdminError::UnknownPool { .. } => "unknown_pool",
-            AdminError::MethodNotAllowed { .. } => "method_not_allowed",
-            AdminError::PayloadTooLarge { .. } => "payload_too_large",
-            AdminError::Timeout(_) => "timeout",
-            AdminError::Conflict { code, .. } | AdminError::Unprocessable { code, .. } => code,
-            AdminError::NotImplemented(_) => "not_implemented",
-            AdminError::Internal(_) => "internal",
-        }
-    }
-}
-
-/// A successful answer.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum Reply {
-    Preview(PreviewCookie),
-    Status(Status),
-    Change(Change),
-    Reload(Reloaded),
-    History(Vec<HistoryEntry>),
-    Health { ok: bool },
-}
-
-/// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Status {
-    pub primary: String,
-    pub canary_pool: String,
-    pub canary_bp: u32,
-    pub generation: u64,
-    /// When the current state was set (RFC 3339).
-    pub since: String,
-    pub pools: BTreeMap<String, PoolStatus>,
-    /// The progressive rollout in progress, if any.
-    pub rollout: Option<RolloutStatus>,
-    /// What the guard watches and its latest judgement.
-    pub guard: GuardStatus,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RolloutStatus {
-    pub to: String,
-    /// The steps, in percent.
-    pub steps: Vec<f64>,
-    /// The current step, 1-based, of `of`.
-    pub step: usize,
-    pub of: usize,
-    pub percent: f64,
-    pub interval_s: f64,
-    /// Seconds until the next step (or the promotion); frozen while paused.
-    pub next_step_in_s: f64,
-    pub paused: bool,
-    pub started: String,
-    /// Why the rollout has not moved on although the step's time is up (not enough traffic for
-    /// the guard to judge it yet).
-    pub holding: Option<String>,
-}
-
-/// The guard's view of a rollout step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum StepVerdict {
-    Passed,
-    Waiting(String),
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GuardStatus {
-    pub enabled: bool,
-    /// The colour being judged, if any.
-    pub watching: Option<GuardWatch>,
-    pub judgement: Option<GuardJudgement>,
-    pub max_error_ratio: f64,
-    pub max_p99_ms: Option<f64>,
-    pub min_requests: u64,
-    pub window_s: u64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GuardWatch {
-    pub pool: String,
-    pub kind: WatchKind,
-    /// Seconds since the change.
-    pub for_s: f64,
-    /// Seconds until a flip stops being watched (none for a canary: watched while it runs).
-    pub ends_in_s: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GuardJudgement {
-    pub pool: String,
-    #[serde(flatten)]
-    pub verdict: Verdict,
-    pub requests: u64,
-    pub error_ratio: f64,
-    pub p99_ms: Option<f64>,
-    pub window_s: u64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PoolStatus {
-    /// At least `health.min_healthy` backends are healthy: flips to this pool are allowed.
-    pub ready: bool,
-    pub healthy: usize,
-    pub backends: Vec<BackendStatus>,
-    pub inflight: usize,
-    /// Requests this pool has answered since start (all status classes).
-    pub served: u64,
-    /// Share of new traffic this pool gets, in basis points.
-    pub weight_bp: u32,
-    /// Requests finished over the last `window_s` seconds, and figures over them.
-    pub requests: u64,
-    pub window_s: u64,
-    pub rps: f64,
-    /// (5xx + upstream errors) / requests.
-    pub error_ratio: f64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct BackendStatus {
-    pub addr: String,
-    pub healthy: bool,
-}
-
-/// The answer to `POST /v1/preview-cookie`.
-#[derive(Debug, Serialize)]
-pub struct PreviewCookie {
-    pub pool: String,
-    /// `sy_preview=<pool>.<signature>`, ready for a `Cookie` header or `document.cookie`.
-    pub cookie: String,
-}
-
-/// The answer to a change: the new status, what it replaced, and how fast it was applied.
-#[derive(Debug, Serialize)]
-pub struct Change {
-    #[serde(flatten)]
-    pub status: Status,
-    pub previous: StoredRoute,
-    /// Microseconds from receiving the command to the atomic swap.
-    pub applied_us: u64,
-    /// False when the command asked for the state that was already live (nothing was written).
-    pub changed: bool,
-    /// Set when the change is durable but its history line could not be written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
-}
-
-/// What the guard is watching: the colour that just gained traffic.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Watch {
-    pool: PoolId,
-    kind: WatchKind,
-    /// When the change happened: only requests since then are judged.
-    since: Instant,
-    /// A flip is watched for `watch_after_flip`; a canary for as long as it runs.
-    until: Option<Instant>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WatchKind {
-    Canary,
-    Flip,
-}
-
-/// The guard's last judgement, for `status`.
-#[derive(Debug, Clone)]
-struct Judgement {
-    pool: PoolId,
-    verdict: Verdict,
-    stats: WindowStats,
-}
+use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoreError};
 
 /// The mutable bookkeeping behind changes; guarded by the change mutex.
 #[derive(Debug)]
@@ -359,12 +78,19 @@ pub struct Admin {
     config_path: Option<PathBuf>,
     /// The health checker's settings and wake-up, for a reload.
     health: Arc<HealthControl>,
+    /// Backend names and what they resolve to.
+    dns: Arc<Names>,
     store: StateStore,
     names: Vec<String>,
     /// Serialises changes: check, swap and persist happen as one step per change.
     ledger: Mutex<Ledger>,
     /// Serialises reloads (which check new backends without holding the change lock).
     reloads: Mutex<()>,
+    /// A membership change from DNS that the health gate holds back (logged once).
+    dns_held: Mutex<Option<String>>,
+    /// Set while a binary upgrade hands over (upgrade.rs): every change and reload is refused
+    /// and the guard and rollouts hold, so state.json is final when the new process reads it.
+    frozen: AtomicBool,
 }
 
 /// What an [`Admin`] is built from, besides the configuration.
@@ -374,6 +100,8 @@ pub struct AdminParts {
     pub preview: Option<PreviewKey>,
     pub notifier: Notifier,
     pub health: Arc<HealthControl>,
+    /// Backend names and what they resolved to (at start: whatever resolved in time).
+    pub dns: Arc<Names>,
     /// The configuration file, for reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -477,6 +205,7 @@ impl Admin {
             preview,
             notifier,
             health,
+            dns,
             config_path,
         } = parts;
         let store = StateStore::new(&config.state.dir);
@@ -591,7 +320,8 @@ impl Admin {
             until: None,
         });
         let settings = ProxySettings::from_config(config, preview);
-        let switchboard = Arc::new(Switchboard::new(config, state, salt, settings));
+        let pools = Pool::with_config(config, &reload::members_with(config, &dns, &Vec::new()));
+        let switchboard = Arc::new(Switchboard::with_pools(pools, state, salt, settings));
         let admin = Admin {
             switchboard: switchboard.clone(),
             metrics,
@@ -599,6 +329,7 @@ impl Admin {
             config: ArcSwap::from_pointee(config.clone()),
             config_path,
             health,
+            dns,
             store,
             names,
             ledger: Mutex::new(Ledger {
@@ -609,6 +340,8 @@ impl Admin {
                 judgement: None,
             }),
             reloads: Mutex::new(()),
+            dns_held: Mutex::new(None),
+            frozen: AtomicBool::new(false),
         };
         Ok((switchboard, admin))
     }
@@ -622,16 +355,21 @@ impl Admin {
         self.config.load_full()
     }
 
-    /// Refuses a change while the binary is being upgraded (the new process owns the state from
-    /// the hand-over on).
-    fn refuse_while_upgrading(&self) -> Result<(), AdminError> {
-        Ok(())
-    }
-
     /// Handles one command on behalf of `actor`. Blocking (changes fsync): call it off the
     /// async executor.
     pub fn handle(&self, cmd: AdminCommand, actor: &str) -> Result<Reply, AdminError> {
         let received = Instant::now();
+        let reads = matches!(
+            cmd,
+            AdminCommand::Health
+                | AdminCommand::Status
+                | AdminCommand::History { .. }
+                | AdminCommand::PreviewCookie { .. }
+        );
+        if !reads {
+            // Checked again under the change lock (apply, pause_rollout); this is the early no.
+            self.refuse_while_upgrading()?;
+        }
         match cmd {
             AdminCommand::Health => Ok(Reply::Health { ok: true }),
             AdminCommand::Status => Ok(Reply::Status(self.status(&self.lock_ledger()))),
@@ -824,6 +562,7 @@ impl Admin {
         pause: bool,
     ) -> Result<Reply, AdminError> {
         let mut ledger = self.lock_ledger();
+        self.refuse_while_upgrading()?;
         let now = Instant::now();
         let before = ledger.rollout.clone().ok_or_else(no_rollout)?;
         let r = ledger.rollout.as_mut().expect("checked above");
@@ -929,6 +668,7 @@ impl Admin {
         spec: Spec<'_>,
         next: impl FnOnce(RouteState, &Ledger) -> Result<RouteState, AdminError>,
     ) -> Result<Reply, AdminError> {
+        self.refuse_while_upgrading()?;
         let cur = self.switchboard.state();
         if let Some(want) = spec.opts.if_generation {
             if want != cur.generation {
@@ -1029,231 +769,6 @@ impl Admin {
         }))
     }
 
-    /// What the guard watches after a change from `cur` to `new`.
-    fn next_watch(
-        &self,
-        watch: Option<Watch>,
-        cur: &RouteState,
-        new: &RouteState,
-        action: &str,
-    ) -> Option<Watch> {
-        let now = Instant::now();
-        if new.canary_bp > 0 {
-            // Keep the clock of a canary already being watched: raising its weight does not
-            // forgive what it did before.
-            return match watch {
-                Some(w) if w.kind == WatchKind::Canary && w.pool == new.canary_pool() => Some(w),
-                _ => Some(Watch {
-                    pool: new.canary_pool(),
-                    kind: WatchKind::Canary,
-                    since: now,
-                    until: None,
-                }),
-            };
-        }
-        if new.primary != cur.primary && action != action::ROLLBACK {
-            return Some(Watch {
-                pool: new.primary,
-                kind: WatchKind::Flip,
-                since: now,
-                until: Some(now + self.config().guard.watch_after_flip),
-            });
-        }
-        None
-    }
-
-    /// One guard tick: judge the watched colour (rolling back on a breach), then advance a
-    /// rollout whose step is over.
-    pub fn tick(&self) {
-        let now = Instant::now();
-        let mut ledger = self.lock_ledger();
-        let config = self.config();
-        let guard = &config.guard;
-        if ledger
-            .watch
-            .is_some_and(|w| w.until.is_some_and(|u| now >= u))
-        {
-            ledger.watch = None;
-            ledger.judgement = None;
-        }
-        if let (true, Some(w)) = (guard.enabled, ledger.watch) {
-            // Only requests since the change count, up to the configured window.
-            let since_change = now.saturating_duration_since(w.since).as_secs() + 1;
-            let span = Duration::from_secs(since_change.min(guard.window.as_secs().max(1)));
-            let stats = self.metrics.window(w.pool).stats(span);
-            let verdict = judge(&stats, guard);
-            ledger.judgement = Some(Judgement {
-                pool: w.pool,
-                verdict: verdict.clone(),
-                stats,
-            });
-            if let Verdict::Breach { reason } = verdict {
-                self.guard_rollback(&mut ledger, w, stats, span, &reason);
-                return;
-            }
-        }
-        let Some(r) = ledger.rollout.clone() else {
-            return;
-        };
-        let due = r.due(now);
-        if due.is_some() && self.step_verdict(&r, now) != StepVerdict::Passed {
-            // The step's time is up but the guard has not seen enough of it to call it healthy:
-            // hold, rather than move on without evidence (status says what it waits for).
-            return;
-        }
-        match due {
-            None => {}
-            Some(Next::Step(bp)) => {
-                let mut advanced = r.clone();
-                advanced.advance(now);
-                let step = format!(
-                    "step {} of {} ({})",
-                    advanced.step + 1,
-                    advanced.steps.len(),
-                    state::format_percent(bp)
-                );
-                ledger.rollout = Some(advanced);
-                let spec =
-                    Spec::rollout(action::ROLLOUT, ACTOR_ROLLOUT, ChangeOpts::default(), step);
-                let result = self.apply(&mut ledger, now, spec, |cur, _| {
-                    Ok(RouteState {
-                        canary_bp: bp,
-                        ..cur
-                    })
-                });
-                if let Err(e) = result {
-                    // Most likely the health gate: hold the step and try again next tick.
-                    ledger.rollout = Some(r);
-                    tracing::warn!("rollout cannot move to the next step yet: {e}");
-                }
-            }
-            Some(Next::Promote) => {
-                ledger.rollout = None;
-                let step = format!("completed: {} steps", r.steps.len());
-                let spec =
-                    Spec::rollout(action::PROMOTE, ACTOR_ROLLOUT, ChangeOpts::default(), step);
-                let result = self.apply(&mut ledger, now, spec, |cur, _| {
-                    Ok(RouteState {
-                        primary: r.to,
-                        canary_bp: 0,
-                        ..cur
-                    })
-                });
-                if let Err(e) = result {
-                    ledger.rollout = Some(r);
-                    tracing::warn!("rollout cannot promote yet: {e}");
-                }
-            }
-        }
-    }
-
-    /// Whether the guard has judged the rollout's current step healthy, over the requests since
-    /// the step began (up to the window). With the guard off, time alone moves a rollout on.
-    fn step_verdict(&self, r: &Rollout, now: Instant) -> StepVerdict {
-        let config = self.config();
-        let guard = &config.guard;
-        if !guard.enabled {
-            return StepVerdict::Passed;
-        }
-        let since_step = now.saturating_duration_since(r.step_started).as_secs() + 1;
-        let span = Duration::from_secs(since_step.min(guard.window.as_secs().max(1)));
-        match judge(&self.metrics.window(r.to).stats(span), guard) {
-            Verdict::Healthy => StepVerdict::Passed,
-            Verdict::Waiting {
-                requests,
-                min_requests,
-            } => StepVerdict::Waiting(format!(
-                "waiting for the guard: {requests} of {min_requests} requests seen at this step"
-            )),
-            // The breach itself is acted on by the watch (which covers the canary).
-            Verdict::Breach { reason } => StepVerdict::Waiting(reason),
-        }
-    }
-
-    /// Rolls back the watched colour after a breach.
-    fn guard_rollback(
-        &self,
-        ledger: &mut Ledger,
-        w: Watch,
-        stats: WindowStats,
-        span: Duration,
-        reason: &str,
-    ) {
-        let old = self.names[other(w.pool)].clone();
-        // When the old colour also took traffic (a canary), put its figures next to the new one's.
-        let old_stats = self.metrics.window(other(w.pool)).stats(span);
-        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0);
-        let config = self.config();
-        let guard = &config.guard;
-        let mut detail = serde_json::json!({
-            "summary": format!("{}: {reason} over {}s; {old} had {:.1}% errors", self.names[w.pool], span.as_secs(), old_stats.error_ratio() * 100.0),
-            "pool": self.names[w.pool],
-            "window_s": span.as_secs(),
-            "requests": stats.requests,
-            "errors": stats.errors,
-            "error_ratio": stats.error_ratio(),
-            "p99_ms": ms(stats.p99),
-            "thresholds": {
-                "max_error_ratio": guard.max_error_ratio,
-                "max_p99_ms": guard.max_p99.map(|d| d.as_secs_f64() * 1000.0),
-                "min_requests": guard.min_requests,
-                "window_s": guard.window.as_secs(),
-            },
-            "other": {
-                "pool": old,
-                "requests": old_stats.requests,
-                "error_ratio": old_stats.error_ratio(),
-                "p99_ms": ms(old_stats.p99),
-            },
-        });
-        let aborted = ledger.rollout.take();
-        if let Some(r) = &aborted {
-            detail["rollout"] = serde_json::json!(format!(
-                "rolled back at step {} of {}",
-                r.step + 1,
-                r.steps.len()
-            ));
-        }
-        let spec = Spec {
-            action: action::ROLLBACK,
-            event: "guard",
-            actor: ACTOR_GUARD,
-            opts: ChangeOpts {
-                reason: Some(reason.to_string()),
-                ..ChangeOpts::default()
-            },
-            trigger: Some("guard"),
-            detail: Some(detail),
-            automatic: true,
-            skip_gate: true,
-            always: false,
-        };
-        let kind = w.kind;
-        let result = self.apply(ledger, Instant::now(), spec, |cur, _| {
-            Ok(match kind {
-                WatchKind::Canary => RouteState {
-                    canary_bp: 0,
-                    ..cur
-                },
-                WatchKind::Flip => RouteState {
-                    primary: other(w.pool),
-                    canary_bp: 0,
-                    ..cur
-                },
-            })
-        });
-        match result {
-            Ok(_) => tracing::warn!(
-                "GUARD ROLLBACK: {} breached ({reason}); traffic is back on {old}",
-                self.names[w.pool]
-            ),
-            Err(e) => {
-                ledger.rollout = aborted;
-                tracing::error!("the guard could not roll back {}: {e}", self.names[w.pool]);
-            }
-        }
-    }
-
     /// Refuses a change that would send traffic to a pool that is not ready, unless forced.
     fn health_gate(
         &self,
@@ -1292,101 +807,6 @@ impl Admin {
         }
         Ok(())
     }
-
-    /// The current status.
-    fn status(&self, ledger: &Ledger) -> Status {
-        let now = Instant::now();
-        let table = self.switchboard.load();
-        let st = table.state;
-        let config = self.config();
-        let (guard, min_healthy) = (&config.guard, config.health.min_healthy);
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
-        let pools = table
-            .pools
-            .iter()
-            .enumerate()
-            .map(|(id, p)| {
-                let healthy = p.healthy_count();
-                let w = self.metrics.window(id).stats(STATUS_WINDOW);
-                (
-                    p.name.clone(),
-                    PoolStatus {
-                        ready: healthy >= min_healthy,
-                        healthy,
-                        backends: p
-                            .backends
-                            .iter()
-                            .map(|b| BackendStatus {
-                                addr: b.addr.to_string(),
-                                healthy: b.is_healthy(),
-                            })
-                            .collect(),
-                        inflight: p.inflight(),
-                        served: self.metrics.served(id),
-                        weight_bp: if id == st.primary {
-                            MAX_BP - st.canary_bp
-                        } else {
-                            st.canary_bp
-                        },
-                        requests: w.requests,
-                        window_s: w.seconds,
-                        rps: w.rps(),
-                        error_ratio: w.error_ratio(),
-                        p50_ms: ms(w.p50),
-                        p99_ms: ms(w.p99),
-                    },
-                )
-            })
-            .collect();
-        let rollout = ledger.rollout.as_ref().map(|r| RolloutStatus {
-            to: self.names[r.to].clone(),
-            steps: r.steps.iter().map(|&bp| f64::from(bp) / 100.0).collect(),
-            step: r.step + 1,
-            of: r.steps.len(),
-            percent: f64::from(r.weight()) / 100.0,
-            interval_s: r.interval.as_secs_f64(),
-            next_step_in_s: r.time_left(now).as_secs_f64(),
-            paused: r.paused_left.is_some(),
-            started: r.started.clone(),
-            holding: match (r.due(now), self.step_verdict(r, now)) {
-                (Some(_), StepVerdict::Waiting(why)) => Some(why),
-                _ => None,
-            },
-        });
-        let guard = GuardStatus {
-            enabled: guard.enabled,
-            watching: ledger.watch.map(|w| GuardWatch {
-                pool: self.names[w.pool].clone(),
-                kind: w.kind,
-                for_s: now.saturating_duration_since(w.since).as_secs_f64(),
-                ends_in_s: w
-                    .until
-                    .map(|u| u.saturating_duration_since(now).as_secs_f64()),
-            }),
-            judgement: ledger.judgement.as_ref().map(|j| GuardJudgement {
-                pool: self.names[j.pool].clone(),
-                verdict: j.verdict.clone(),
-                requests: j.stats.requests,
-                error_ratio: j.stats.error_ratio(),
-                p99_ms: ms(j.stats.p99),
-                window_s: j.stats.seconds,
-            }),
-            max_error_ratio: guard.max_error_ratio,
-            max_p99_ms: ms(guard.max_p99),
-            min_requests: guard.min_requests,
-            window_s: guard.window.as_secs(),
-        };
-        Status {
-            primary: self.names[st.primary].clone(),
-            canary_pool: self.names[st.canary_pool()].clone(),
-            canary_bp: st.canary_bp,
-            generation: st.generation,
-            since: ledger.since.clone(),
-            pools,
-            rollout,
-            guard,
-        }
-    }
 }
 
 /// Shortest rollout interval: a step must live long enough for its traffic to be judged.
@@ -1417,6 +837,7 @@ mod tests {
             preview: None,
             notifier: notifier(config),
             health: HealthControl::new(config.health.clone()),
+            dns: Names::new(config, metrics(config)),
             config_path: None,
         }
     }

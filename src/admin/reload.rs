@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::{Admin, AdminError, Reply};
 use crate::config::{Config, HealthConfig, POOL_COUNT};
+use crate::dns::{Lookups, Names};
 use crate::health::{self, WarmUp};
 use crate::pools::{Backend, Pool};
 use crate::preview::PreviewKey;
@@ -111,19 +112,45 @@ impl Admin {
             details: errors.0.iter().map(ToString::to_string).collect(),
         })?;
         let old = self.config();
-        let mut plan = Plan::between(&old, &new);
+        // Names this process has not resolved yet (new to the file) are looked up now, so the
+        // reply shows their addresses; the rest keep what the watcher last found.
+        let fresh = run_async(Names::lookup_all(&new.dns, self.dns.unknown(&new)));
+        let current = self.switchboard.load_full();
+        let old_members: [Vec<SocketAddr>; POOL_COUNT] =
+            std::array::from_fn(|i| current.pools[i].addrs());
+        let new_members = members_with(&new, &self.dns, &fresh);
+        let mut plan = Plan::between(&old, &new, &old_members, &new_members);
         if !plan.restart.is_empty() {
+            let (restart, upgrade): (Vec<&Setting>, Vec<&Setting>) = plan
+                .restart
+                .iter()
+                .partition(|s| crate::reload::restart_only(&s.key));
+            let keys = |v: &[&Setting]| {
+                v.iter()
+                    .map(|s| s.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let how = match (upgrade.is_empty(), restart.is_empty()) {
+                (false, true) => format!(
+                    "{} cannot change in place: apply it with `switchyard ctl upgrade` (the same \
+                     binary is fine) or a restart",
+                    keys(&upgrade)
+                ),
+                _ => format!(
+                    "{} cannot change without a restart (an upgrade keeps the socket, state \
+                     directory and pools it has){}",
+                    keys(&restart),
+                    if upgrade.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} would also need an upgrade or restart", keys(&upgrade))
+                    }
+                ),
+            };
             return Err(AdminError::Unprocessable {
                 code: "restart_required",
-                message: format!(
-                    "{} cannot change in place; nothing was changed: apply it with \
-                     `switchyard ctl upgrade` (same binary is fine) or a restart",
-                    plan.restart
-                        .iter()
-                        .map(|s| s.key.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                message: format!("{how}; nothing was changed"),
                 details: plan.restart.iter().map(ToString::to_string).collect(),
             });
         }
@@ -137,7 +164,6 @@ impl Admin {
             })?),
             None => None,
         };
-        let current = self.switchboard.load_full();
         if preview.is_some()
             && preview != current.settings.preview
             && old.routing.preview_token_file == new.routing.preview_token_file
@@ -161,20 +187,17 @@ impl Admin {
         let ready = self.check_new_backends(&current, &plan, &new)?;
 
         let ledger = self.lock_ledger();
-        self.refuse_while_upgrading()?;
-        let table = self.switchboard.load_full();
-        let pools: [Pool; POOL_COUNT] = std::array::from_fn(|i| {
-            table.pools[i].with_members(&new.pools[i].backends, &ready, !new.health.enabled)
-        });
-        if new.health.enabled {
-            reload_gate(&table, &pools, new.health.min_healthy)?;
-        }
+        let table = self.swap_members(
+            &new,
+            &new_members,
+            &ready,
+            ProxySettings::from_config(&new, preview),
+        )?;
         let summary = plan.summary(&names);
-        self.switchboard
-            .store_config(pools, ProxySettings::from_config(&new, preview));
         let applied_us = received.elapsed().as_micros() as u64;
         self.notifier.set_hooks(new.notify.clone());
-        self.health.update(new.health.clone());
+        self.dns.set(&new);
+        self.dns.record(fresh);
         self.config.store(Arc::new(new));
 
         let st = table.state;
@@ -219,6 +242,72 @@ impl Admin {
             applied_us,
             warning,
         }))
+    }
+
+    /// Applies what the backend names resolve to now, through the same checks and swap as a
+    /// reload (the DNS watcher calls this after each round of lookups). A change the health gate
+    /// refuses is logged and tried again after the next lookups; the pools stay as they are.
+    pub fn apply_dns(&self) {
+        let _one_at_a_time = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+        let config = self.config();
+        let current = self.switchboard.load_full();
+        let old_members: [Vec<SocketAddr>; POOL_COUNT] =
+            std::array::from_fn(|i| current.pools[i].addrs());
+        let new_members = members_with(&config, &self.dns, &Vec::new());
+        if old_members == new_members {
+            return;
+        }
+        let plan = Plan {
+            members: std::array::from_fn(|i| Membership::between(&old_members[i], &new_members[i])),
+            ..Plan::default()
+        };
+        let summary = plan.summary(&self.names);
+        let applied = self
+            .check_new_backends(&current, &plan, &config)
+            .and_then(|ready| {
+                let _ledger = self.lock_ledger();
+                let settings = (*self.switchboard.load().settings).clone();
+                self.swap_members(&config, &new_members, &ready, settings)
+            });
+        let mut held = self.dns_held.lock().unwrap_or_else(|p| p.into_inner());
+        match applied {
+            Ok(_) => {
+                *held = None;
+                tracing::info!("backend names changed the pools: {summary}");
+            }
+            // Once per held-back change, not at every lookup while it waits.
+            Err(e) if held.as_deref() != Some(summary.as_str()) => {
+                tracing::warn!(
+                    "backend names would change the pools ({summary}), but not now: {e}; \
+                     trying again after each lookup"
+                );
+                *held = Some(summary);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Swaps in pools with `members` (keeping the backends both have, taking `ready` ones
+    /// checked beforehand) and `settings`, after the health gate; the caller holds the change
+    /// lock. Returns the table that was replaced.
+    fn swap_members(
+        &self,
+        config: &Config,
+        members: &[Vec<SocketAddr>; POOL_COUNT],
+        ready: &HashMap<SocketAddr, Arc<Backend>>,
+        settings: ProxySettings,
+    ) -> Result<Arc<RoutingTable>, AdminError> {
+        self.refuse_while_upgrading()?;
+        let table = self.switchboard.load_full();
+        let pools: [Pool; POOL_COUNT] = std::array::from_fn(|i| {
+            table.pools[i].with_members(&members[i], ready, !config.health.enabled)
+        });
+        if config.health.enabled {
+            reload_gate(&table, &pools, config.health.min_healthy)?;
+        }
+        self.switchboard.store_config(pools, settings);
+        self.health.update(config.health.clone());
+        Ok(table)
     }
 
     /// Checks, before the swap, the new backends that a pool serving traffic needs to keep
@@ -318,6 +407,32 @@ impl Admin {
         let _ledger = self.lock_ledger();
         self.record(entry, RELOAD);
     }
+}
+
+/// Each pool's members under `config`: the addresses it lists, then what its names resolve to,
+/// taking `fresh` lookups for names not resolved before.
+pub(super) fn members_with(
+    config: &Config,
+    dns: &Names,
+    fresh: &Lookups,
+) -> [Vec<SocketAddr>; POOL_COUNT] {
+    std::array::from_fn(|i| {
+        let pool = &config.pools[i];
+        let mut out = pool.backends.clone();
+        for name in &pool.names {
+            let found = fresh
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, a)| a.as_ref().ok())
+                .map_or_else(|| dns.addrs(name), |a| a.addrs.clone());
+            for addr in found {
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        out
+    })
 }
 
 /// Refuses new pools that would leave a pool serving traffic below `min_healthy` healthy

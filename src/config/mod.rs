@@ -68,6 +68,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub dns: DnsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +95,60 @@ pub struct StateConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
+    /// The backends written as IP:port.
     pub backends: Vec<SocketAddr>,
+    /// The backends written as host:port: every A and AAAA record of the name is a backend,
+    /// resolved in the background (see `dns`).
+    pub names: Vec<DnsName>,
+}
+
+/// A backend entry that names a host rather than an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsName {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for DnsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl DnsName {
+    /// `host:port` where host is a DNS name (not an IP address: those parse as addresses).
+    pub fn parse(text: &str) -> Option<DnsName> {
+        let (host, port) = text.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let labels: Vec<&str> = host.split('.').collect();
+        // All-numeric last label: a mistyped IP address, not a name.
+        let numeric_tld = labels
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if host.len() > 253 || numeric_tld || !labels.iter().all(|l| label_ok(l)) {
+            return None;
+        }
+        Some(DnsName {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// `[dns]`: how backend names are resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    /// Resolvers to ask instead of the system's (`/etc/resolv.conf`); UDP with TCP fallback.
+    pub servers: Vec<SocketAddr>,
+    /// How often every name is resolved again (sooner when a record's TTL is shorter).
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -398,6 +452,9 @@ pub mod defaults {
     /// A chat webhook answers in well under a second; five covers a slow day without letting a
     /// dead hook hold up the next notification for long.
     pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Re-resolve backend names every 5 s: an autoscaled instance is in the pool within seconds,
+    /// and a few queries per name per minute cost a resolver nothing.
+    pub const DNS_REFRESH: Duration = Duration::from_secs(5);
     /// Long enough for ordinary requests to finish, short enough for a deploy to move on.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
 }

@@ -39,6 +39,7 @@ pub struct File {
     pub shutdown: Option<Shutdown>,
     pub server: Option<Server>,
     pub log: Option<Log>,
+    pub dns: Option<Dns>,
 }
 
 #[derive(Default)]
@@ -135,6 +136,12 @@ pub struct Log {
     pub access: Option<bool>,
 }
 
+#[derive(Default)]
+pub struct Dns {
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub refresh: Option<Spanned<String>>,
+}
+
 /// Reads the document's root table; every problem with its shape goes to `errs`.
 pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
     let mut r = Section::root(root);
@@ -170,7 +177,15 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
                     p.require(errs, "backends", "backends = [\"10.0.0.1:8000\"]");
                     Pool {
                         span: p.span.clone(),
-                        backends: p.strings(errs, "backends", ADDRESSES),
+                        backends: p.strings(
+                            errs,
+                            "backends",
+                            (
+                                "a list of IP:port or host:port strings such as \
+                                 [\"10.0.0.1:8000\", \"app.internal:8000\"]",
+                                "an IP:port or host:port string such as \"10.0.0.1:8000\"",
+                            ),
+                        ),
                     }
                 },
             )
@@ -242,6 +257,10 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
         }),
         log: r.section(errs, "log", |s, errs| Log {
             access: s.bool(errs, "access"),
+        }),
+        dns: r.section(errs, "dns", |s, errs| Dns {
+            servers: s.strings(errs, "servers", ADDRESSES),
+            refresh: s.string(errs, "refresh", DURATION),
         }),
     };
     r.finish(errs);

@@ -223,8 +223,8 @@ stickyness = "ip"
     assert_eq!(
         rendered(text),
         [
-            "f.toml:2:28: pool `blue` backend `10.0.0.2` is not an IP:port address (hostnames are \
-             not resolved; write e.g. 127.0.0.1:8000 or [::1]:8000)",
+            "f.toml:2:28: pool `blue` backend `10.0.0.2` is neither an IP:port address nor a \
+             host:port name; write e.g. 10.0.0.1:8000, [::1]:8000 or app-green.internal:8000",
             "f.toml:7:12: [health] interval must be a duration string such as \"2s\", not an integer",
             "f.toml:9:1: unknown key `stickyness` in [routing]; did you mean `sticky`?",
         ]
@@ -293,10 +293,10 @@ threads = true
         rendered(text),
         [
             "f.toml:1:10: `listen` must be a section ([listen] and the keys below it), not a string",
-            "f.toml:3:28: [pools.blue] backends entry must be an IP:port string such as \
-             \"127.0.0.1:8080\", not an integer",
-            "f.toml:5:12: [pools.green] backends must be a list of IP:port strings such as \
-             [\"127.0.0.1:8080\"], not a string",
+            "f.toml:3:28: [pools.blue] backends entry must be an IP:port or host:port string \
+             such as \"10.0.0.1:8000\", not an integer",
+            "f.toml:5:12: [pools.green] backends must be a list of IP:port or host:port strings \
+             such as [\"10.0.0.1:8000\", \"app.internal:8000\"], not a string",
             "f.toml:7:11: [health] enabled must be true or false, not a string",
             "f.toml:8:8: [health] rise must be a whole number such as 2, not a string",
             "f.toml:9:8: [health] fall must be a whole number such as 3, not -1",
@@ -536,4 +536,37 @@ fn an_admin_token_file_without_the_tcp_listener_is_not_read() {
         dir.path().display()
     );
     assert!(load(dir.path(), &text).is_ok());
+}
+
+#[test]
+fn backends_may_be_dns_names() {
+    let text = r#"[pools.blue]
+backends = ["10.0.0.1:80", "App-Blue.internal:8000"]
+[pools.green]
+backends = ["app-green.internal.:8000", "app_bad:80", "x.y:0", "app-blue.internal:8000"]
+[dns]
+servers = ["127.0.0.1:5353"]
+refresh = "1s"
+"#;
+    assert_eq!(
+        rendered(text),
+        [
+            "f.toml:4:41: pool `green` backend `app_bad:80` is neither an IP:port address nor a \
+             host:port name; write e.g. 10.0.0.1:8000, [::1]:8000 or app-green.internal:8000",
+            "f.toml:4:55: pool `green` backend `x.y:0` is neither an IP:port address nor a \
+             host:port name; write e.g. 10.0.0.1:8000, [::1]:8000 or app-green.internal:8000",
+            "f.toml:4:64: backend app-blue.internal:8000 is in pool `green` and already in pool \
+             `blue` (line 2); a backend belongs to one pool",
+        ]
+    );
+    let ok = text.replace(
+        ", \"app_bad:80\", \"x.y:0\", \"app-blue.internal:8000\"",
+        "",
+    );
+    let c = Config::parse(&ok, "f.toml").unwrap();
+    assert_eq!(c.pools[0].backends, ["10.0.0.1:80".parse().unwrap()]);
+    assert_eq!(c.pools[0].names[0].to_string(), "app-blue.internal:8000");
+    assert_eq!(c.pools[1].names[0].host, "app-green.internal");
+    assert_eq!(c.dns.servers, ["127.0.0.1:5353".parse().unwrap()]);
+    assert_eq!(c.dns.refresh, Duration::from_secs(1));
 }

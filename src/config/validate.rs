@@ -249,6 +249,7 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             }
             // Every backend with the pool it is in, to find one listed in both pools.
             let mut everywhere: Vec<(SocketAddr, &str, &Spanned<String>)> = Vec::new();
+            let mut everywhere_names: Vec<(DnsName, &str, &Spanned<String>)> = Vec::new();
             for (name, pool) in map {
                 if !valid_pool_name(name) {
                     errs.at_span(
@@ -269,19 +270,51 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
                     );
                 }
                 let mut backends: Vec<SocketAddr> = Vec::new();
+                let mut names: Vec<DnsName> = Vec::new();
                 for b in listed {
-                    if let Some(addr) = errs.addr(b, &format!("pool `{name}` backend")) {
-                        if backends.contains(&addr) {
-                            errs.at(b, format!("pool `{name}` lists backend {addr} twice"));
-                        } else {
-                            backends.push(addr);
-                            everywhere.push((addr, name, b));
+                    let text = b.get_ref();
+                    match (text.parse::<SocketAddr>(), DnsName::parse(text)) {
+                        (Ok(addr), _) => {
+                            if backends.contains(&addr) {
+                                errs.at(b, format!("pool `{name}` lists backend {addr} twice"));
+                            } else {
+                                backends.push(addr);
+                                everywhere.push((addr, name, b));
+                            }
                         }
+                        (Err(_), Some(dns)) => {
+                            if names.contains(&dns) {
+                                errs.at(b, format!("pool `{name}` lists backend {dns} twice"));
+                            } else if let Some((_, other, at)) =
+                                everywhere_names.iter().find(|(n, _, _)| *n == dns)
+                            {
+                                let (line, _) = errs.location(&at.span());
+                                errs.at(
+                                    b,
+                                    format!(
+                                        "backend {dns} is in pool `{name}` and already in pool \
+                                         `{other}` (line {line}); a backend belongs to one pool"
+                                    ),
+                                );
+                            } else {
+                                everywhere_names.push((dns.clone(), name, b));
+                                names.push(dns);
+                            }
+                        }
+                        (Err(_), None) => errs.at(
+                            b,
+                            format!(
+                                "pool `{name}` backend `{text}` is neither an IP:port address nor \
+                                 a host:port name; write e.g. 10.0.0.1:8000, [::1]:8000 or \
+                                 app-green.internal:8000"
+                            ),
+                        ),
                     }
                 }
                 pools.push(PoolConfig {
                     name: name.clone(),
                     backends,
+                    names,
                 });
             }
             // A backend in both colours would keep taking traffic after a flip away from it, and
@@ -341,7 +374,9 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .map_or(defaults::MIN_HEALTHY, |m| *m.get_ref()),
     };
     if let Some(mh) = &h.min_healthy {
-        if let Some(smallest) = pools.iter().map(|p| p.backends.len()).min() {
+        // A pool with backend names has as many backends as its names resolve to: unknown here.
+        let fixed = pools.iter().filter(|p| p.names.is_empty());
+        if let Some(smallest) = fixed.map(|p| p.backends.len()).min() {
             if health.min_healthy > smallest && smallest > 0 {
                 errs.at(
                     mh,
@@ -569,6 +604,20 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     let log = LogConfig {
         access: raw.log.and_then(|l| l.access).unwrap_or(false),
     };
+    let d = raw.dns.unwrap_or_default();
+    let dns = DnsConfig {
+        servers: d.servers.as_ref().map_or_else(Vec::new, |list| {
+            list.get_ref()
+                .iter()
+                .filter_map(|s| errs.addr(s, "[dns] servers entry"))
+                .collect()
+        }),
+        refresh: d
+            .refresh
+            .as_ref()
+            .and_then(|r| errs.positive_duration(r, "dns refresh"))
+            .unwrap_or(defaults::DNS_REFRESH),
+    };
 
     // Every listener needs its own port: a shared one would let a start-up check pass against
     // the wrong service.
@@ -610,6 +659,7 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
         shutdown,
         server,
         log,
+        dns,
     })
 }
 

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -141,7 +143,13 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream on the current tokio runtime.
     pub async fn start(name: &str) -> Upstream {
-        let listener = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).expect("bind upstream");
+        Upstream::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts an upstream at `addr` (e.g. another loopback address with a port already chosen,
+    /// for several backends behind one DNS name and port).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Upstream {
+        let listener = Listener::bind_tcp(addr).expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
