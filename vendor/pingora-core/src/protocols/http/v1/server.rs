@@ -263,7 +263,11 @@ impl HttpSession {
     ) -> Result<Option<usize>> {
         // Never read past the header limit: at most one byte beyond it, enough to tell.
         // [switchyard patch]
-        let room = (self.max_header_size + 1).saturating_sub(already_read).max(1);
+        let room = self
+            .max_header_size
+            .saturating_add(1)
+            .saturating_sub(already_read)
+            .max(1);
         let read_result = if let (Some(deadline), true) = (header_deadline, already_read > 0) {
             // The rest of a header that has started: bounded by the header deadline, and by
             // the read timeout for each read, whichever comes first. [switchyard patch]
