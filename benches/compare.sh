@@ -41,7 +41,7 @@
 #   reloading per subject, and as much without), RELOAD_SEGMENTS (4 interleaved pairs),
 #   RELOAD_INTERVAL_MS (200), UPGRADE_DURATION (40), UPGRADE_SEGMENTS (2), UPGRADE_INTERVAL (10 s).
 # Defaults: compare ~6 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~10 min for `all`;
-# instructions ~2 min, reloads ~2.5 min, upgrades ~4.5 min.
+# instructions ~2 min, reloads ~4 min, upgrades ~5 min.
 set -euo pipefail
 
 MODE=${1:-compare}
