@@ -435,10 +435,7 @@ fn read_token(path: &PathBuf) -> Result<String, Failure> {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .ok_or_else(|| usage(format!("error: token file {} has no token", path.display())))?;
-    Ok(match line.split_once(':') {
-        Some((_, tok)) if !tok.is_empty() => tok.trim().to_string(),
-        _ => line.to_string(),
-    })
+    Ok(crate::admin::http::parse_token_line(line).2)
 }
 
 fn s(v: &Value) -> &str {

@@ -43,10 +43,13 @@ impl Listener {
     }
 
     /// Binds a unix socket at `path`, mode 0600, creating its directory (mode 0750) if missing.
+    /// With `group` (a gid, `[admin] socket_group`) the socket is mode 0660 and owned by that
+    /// group, so its members can use it; the directory must let them in (systemd's
+    /// `RuntimeDirectoryMode=0750` with `Group=` set to the group does).
     ///
     /// A stale socket left by a process that died is replaced; a live one (another switchyard
     /// answering on it) or a file that is not a socket is an error, never silently unlinked.
-    pub fn bind_unix(path: &Path) -> Result<Listener, UnixBindError> {
+    pub fn bind_unix(path: &Path, group: Option<u32>) -> Result<Listener, UnixBindError> {
         use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
         let err = |reason: String| UnixBindError {
             path: path.to_path_buf(),
@@ -82,6 +85,17 @@ impl Listener {
         let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
+        if let Some(gid) = group {
+            // Group first, then the group bits: never a moment where another group may connect.
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+                err(format!(
+                    "cannot give it to group {gid} ([admin] socket_group): {e}; switchyard must \
+                     run as root or as a member of that group"
+                ))
+            })?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                .map_err(|e| err(format!("cannot set mode 0660: {e}")))?;
+        }
         l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
         Ok(Listener::Unix(l))
     }
@@ -130,6 +144,22 @@ impl Listener {
             Listener::Unix(_) => None,
         }
     }
+}
+
+/// The gid of group `name` (a name in `/etc/group`, or a number). `/etc/group` is read rather
+/// than NSS (`getgrnam`), which needs unsafe code; a group only in LDAP can be given by number.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != name {
+            return None;
+        }
+        fields.nth(1)?.trim().parse().ok()
+    })
 }
 
 /// A listening socket kept across binary upgrades in pingora's fd table, under `key`.

@@ -146,7 +146,10 @@ impl Switchyard {
             }
         }
         let socket = &config.admin.socket;
-        let prebound = fresh.then(|| Listener::bind_unix(socket)).transpose()?;
+        let group = config.admin.socket_group.as_ref().map(|g| g.gid);
+        let prebound = fresh
+            .then(|| Listener::bind_unix(socket, group))
+            .transpose()?;
         let mut admin_endpoints = vec![(HandOver::new(Kind::Unix(socket.clone()), prebound), None)];
         if let Some(addr) = config.admin.listen {
             let path = config

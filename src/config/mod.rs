@@ -75,6 +75,16 @@ pub struct AdminConfig {
     /// Optional TCP admin listener; only with a token file.
     pub listen: Option<SocketAddr>,
     pub token_file: Option<PathBuf>,
+    /// `[admin] socket_group`: the socket is then mode 0660 and owned by this group (its gid),
+    /// so the members of a deploy group can use `ctl` without sudo.
+    pub socket_group: Option<SocketGroup>,
+}
+
+/// A group the admin socket is shared with, resolved when the config is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketGroup {
+    pub name: String,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

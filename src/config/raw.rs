@@ -53,6 +53,7 @@ pub struct Admin {
     pub socket: Option<String>,
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -160,6 +161,7 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
             socket: s.string(errs, "socket", PATH).map(Spanned::into_inner),
             listen: s.string(errs, "listen", ADDRESS),
             token_file: s.string(errs, "token_file", PATH),
+            socket_group: s.string(errs, "socket_group", "a group name such as \"deploy\""),
         }),
         metrics: r.section(errs, "metrics", |s, errs| Metrics {
             listen: s.string(errs, "listen", ADDRESS),

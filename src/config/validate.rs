@@ -198,6 +198,25 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .token_file
             .as_ref()
             .map(|f| PathBuf::from(f.get_ref())),
+        socket_group: admin_raw.socket_group.as_ref().and_then(|g| {
+            let name = g.get_ref().trim();
+            match crate::httpd::group_id(name) {
+                Some(gid) => Some(SocketGroup {
+                    name: name.to_string(),
+                    gid,
+                }),
+                None => {
+                    errs.at(
+                        g,
+                        format!(
+                            "[admin] socket_group: no group `{name}` in /etc/group; create it \
+                             (`groupadd {name}`), name another group, or give a numeric gid"
+                        ),
+                    );
+                    None
+                }
+            }
+        }),
     };
     // The server reads the tokens only for the TCP listener; without one the file is not used.
     if let (Some(_), Some(f)) = (&admin.listen, &admin_raw.token_file) {
