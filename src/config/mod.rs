@@ -242,6 +242,28 @@ pub struct LogConfig {
     /// One line per request (pool, backend, status, duration). Off by default: at full load it
     /// costs more than the proxying itself, and metrics already carry the aggregate.
     pub access: bool,
+    /// `text` (one human line per event) or `json` (one JSON object per line, for shippers).
+    pub format: LogFormat,
+    /// Whether each line carries a timestamp; off under journald, which adds its own.
+    pub timestamps: bool,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            access: false,
+            format: LogFormat::Text,
+            timestamps: true,
+        }
+    }
 }
 
 /// Notification event names a webhook may subscribe to.

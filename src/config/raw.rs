@@ -134,6 +134,8 @@ pub struct Server {
 #[derive(Default)]
 pub struct Log {
     pub access: Option<bool>,
+    pub format: Option<Spanned<String>>,
+    pub timestamps: Option<bool>,
 }
 
 #[derive(Default)]
@@ -257,6 +259,8 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
         }),
         log: r.section(errs, "log", |s, errs| Log {
             access: s.bool(errs, "access"),
+            format: s.string(errs, "format", "\"text\" or \"json\""),
+            timestamps: s.bool(errs, "timestamps"),
         }),
         dns: r.section(errs, "dns", |s, errs| Dns {
             servers: s.strings(errs, "servers", ADDRESSES),

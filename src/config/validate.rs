@@ -615,8 +615,23 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             threads
         },
     };
+    let log_raw = raw.log.unwrap_or_default();
     let log = LogConfig {
-        access: raw.log.and_then(|l| l.access).unwrap_or(false),
+        access: log_raw.access.unwrap_or(false),
+        format: match log_raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                if let Some(f) = &log_raw.format {
+                    errs.at(
+                        f,
+                        format!("[log] format `{other}` is not one of \"text\", \"json\""),
+                    );
+                }
+                LogFormat::Text
+            }
+        },
+        timestamps: log_raw.timestamps.unwrap_or(true),
     };
     let d = raw.dns.unwrap_or_default();
     let dns = DnsConfig {
