@@ -22,13 +22,30 @@ use crate::config::{LogConfig, LogFormat};
 
 static TO_STDOUT: AtomicBool = AtomicBool::new(false);
 
-/// The filter when `RUST_LOG` is not set: `info`, but pingora's server module (which logs
-/// "Starting service: …", "service … exited", "Waiting for runtimes…" at INFO) only from WARN;
-/// `RUST_LOG=debug` shows everything.
-pub const DEFAULT_FILTER: &str = "info,pingora_core::server=warn";
+/// Keeps pingora's server module (which logs "Starting service: …", "service … exited",
+/// "Waiting for runtimes…" at INFO) to WARN.
+const QUIET_PINGORA: &str = "pingora_core::server=warn";
+
+/// The filter directives for `RUST_LOG` (`None`: unset): `info`, and pingora's start-up chatter
+/// only when asked for — `RUST_LOG` at debug or trace, or naming pingora itself. (The systemd
+/// unit sets `RUST_LOG=info`, which must not bring the chatter back.)
+pub fn directives(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim).filter(|l| !l.is_empty()) {
+        None => format!("info,{QUIET_PINGORA}"),
+        Some(l) if ["pingora", "debug", "trace"].iter().any(|w| l.contains(w)) => l.to_string(),
+        Some(l) => format!("{l},{QUIET_PINGORA}"),
+    }
+}
 
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+    let given = std::env::var("RUST_LOG").ok();
+    EnvFilter::try_new(directives(given.as_deref())).unwrap_or_else(|e| {
+        eprintln!(
+            "warning: RUST_LOG `{}` is not a valid filter ({e}); logging at info",
+            given.unwrap_or_default()
+        );
+        EnvFilter::new(directives(None))
+    })
 }
 
 /// Installs the global subscriber with the default text format (`demo`, and `serve` before its
@@ -89,5 +106,22 @@ pub fn dup_fd() -> std::io::Result<std::os::fd::OwnedFd> {
         std::io::stdout().as_fd().try_clone_to_owned()
     } else {
         std::io::stderr().as_fd().try_clone_to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::directives;
+
+    #[test]
+    fn pingora_start_up_lines_need_debug_or_their_name() {
+        assert_eq!(directives(None), "info,pingora_core::server=warn");
+        assert_eq!(directives(Some("info")), "info,pingora_core::server=warn");
+        assert_eq!(
+            directives(Some("warn,switchyard=info")),
+            "warn,switchyard=info,pingora_core::server=warn"
+        );
+        assert_eq!(directives(Some("debug")), "debug");
+        assert_eq!(directives(Some("info,pingora=info")), "info,pingora=info");
     }
 }
