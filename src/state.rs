@@ -46,6 +46,22 @@ pub struct StateFile {
     /// A progressive rollout in progress.
     #[serde(default)]
     pub rollout: Option<RolloutFile>,
+    /// What the guard is watching, so a restart or an upgrade keeps watching it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchFile>,
+}
+
+/// The guard's watch as kept in `state.json`: wall-clock times, since the process that reads it
+/// back is another one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchFile {
+    pub pool: String,
+    /// `flip` or `canary`.
+    pub kind: String,
+    /// When the change was made (milliseconds since the Unix epoch).
+    pub since_ms: u64,
+    /// When a flip stops being watched (none for a canary).
+    pub until_ms: Option<u64>,
 }
 
 /// One line of `history.jsonl`.
@@ -73,6 +89,9 @@ pub struct HistoryEntry {
 
 /// What start-up found in the state directory.
 #[derive(Debug)]
+// Read once at start-up and after a hand-over: its size does not matter, boxing would only add
+// noise to the code that takes it apart.
+#[allow(clippy::large_enum_variant)]
 pub enum Loaded {
     /// No state file: start from the configuration.
     Missing,
@@ -83,6 +102,7 @@ pub enum Loaded {
         since: String,
         salt: Option<u64>,
         rollout: Option<RolloutFile>,
+        watch: Option<WatchFile>,
     },
     /// A state file that names pools the configuration does not have; ignored.
     Mismatch { file_pools: String },
@@ -173,6 +193,7 @@ impl StateStore {
             since: file.since,
             salt: file.salt,
             rollout: file.rollout,
+            watch: file.watch,
         }
     }
 
@@ -331,6 +352,7 @@ mod tests {
             previous: None,
             salt: Some(7),
             rollout: None,
+            watch: None,
         }
     }
 

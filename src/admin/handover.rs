@@ -55,6 +55,7 @@ impl Admin {
             previous,
             since,
             rollout,
+            watch,
             ..
         } = self.store.load(&self.names)
         else {
@@ -73,7 +74,9 @@ impl Admin {
         ledger.previous = previous;
         ledger.since = since;
         ledger.rollout = rollout.and_then(|r| Rollout::from_file(&r, &self.names, now));
-        if state.canary_bp == 0 {
+        if let Some(w) = watch.and_then(|w| Watch::from_file(&w, &self.names, now)) {
+            ledger.watch = Some(w);
+        } else if state.canary_bp == 0 {
             ledger.watch = None;
         } else if ledger.watch.is_none_or(|w| w.pool != state.canary_pool()) {
             ledger.watch = Some(Watch {

@@ -221,6 +221,7 @@ impl Admin {
         let now = Instant::now();
         let mut salt = None;
         let mut rollout = None;
+        let mut saved_watch = None;
         let (state, previous, since) = match store.load(&names) {
             Loaded::Valid {
                 state,
@@ -228,8 +229,10 @@ impl Admin {
                 since,
                 salt: saved,
                 rollout: saved_rollout,
+                watch,
             } => {
                 salt = saved;
+                saved_watch = watch.and_then(|w| Watch::from_file(&w, &names, now));
                 rollout = saved_rollout.and_then(|r| Rollout::from_file(&r, &names, now));
                 tracing::info!(
                     "state file {} wins over initial_primary: live is {} (generation {})",
@@ -310,15 +313,17 @@ impl Admin {
                 previous: previous.map(|p| state::stored(&p, &names)),
                 salt: Some(salt),
                 rollout: None,
+                watch: None,
             })?;
         }
-        // A canary that was running keeps being watched, from now.
-        let watch = (state.canary_bp > 0).then_some(Watch {
+        // The saved watch goes on where it was; a canary saved without one (a file from before
+        // watches were saved) is watched from now.
+        let watch = saved_watch.or((state.canary_bp > 0).then_some(Watch {
             pool: state.canary_pool(),
             kind: WatchKind::Canary,
             since: now,
             until: None,
-        });
+        }));
         let settings = ProxySettings::from_config(config, preview);
         let pools = Pool::with_config(config, &reload::members_with(config, &dns, &Vec::new()));
         let switchboard = Arc::new(Switchboard::with_pools(pools, state, salt, settings));
@@ -641,6 +646,7 @@ impl Admin {
             previous: ledger.previous.map(|p| state::stored(&p, &self.names)),
             salt: Some(self.switchboard.load().salt),
             rollout: ledger.rollout.as_ref().map(|r| r.to_file(&self.names)),
+            watch: ledger.watch.map(|w| w.to_file(&self.names)),
         })
     }
 
@@ -708,6 +714,9 @@ impl Admin {
 
         let since = state::now_rfc3339();
         let old_previous = ledger.previous.replace(cur);
+        // The new watch is part of what is saved, so a restart or an upgrade keeps watching.
+        let old_watch = ledger.watch;
+        ledger.watch = self.next_watch(old_watch, &cur, &new, spec.action);
         let mut warnings = Vec::new();
         match self.save(ledger, new, &since) {
             Ok(()) => {}
@@ -726,12 +735,12 @@ impl Admin {
             Err(e) => {
                 self.switchboard.store_state(cur);
                 ledger.previous = old_previous;
+                ledger.watch = old_watch;
                 tracing::error!("{} undone: {e}", spec.action);
                 return Err(save_failed(&e));
             }
         }
         ledger.since = since.clone();
-        ledger.watch = self.next_watch(ledger.watch, &cur, &new, spec.action);
         self.metrics.record_change(spec.action);
         if let Some(trigger) = spec.trigger.filter(|_| spec.action == action::ROLLBACK) {
             self.metrics.record_rollback(trigger);
@@ -1038,5 +1047,31 @@ mod tests {
             "t",
         ));
         assert_eq!(c.status.primary, "blue");
+    }
+
+    #[test]
+    fn the_guard_keeps_watching_a_flip_across_a_restart() {
+        let (dir, admin) = admin();
+        let c = change(admin.handle(flip("green"), "t"));
+        let watching = c.status.guard.watching.expect("a flip is watched");
+        assert_eq!(
+            (watching.pool.as_str(), watching.kind),
+            ("green", WatchKind::Flip)
+        );
+        let text = format!(
+            "[health]\nenabled = false\n[state]\ndir = \"{}\"\n[pools.blue]\nbackends = [\"127.0.0.1:1\"]\n\
+             [pools.green]\nbackends = [\"127.0.0.1:3\"]\n",
+            dir.path().display()
+        );
+        let config = Config::parse(&text, "t").unwrap();
+        let (_, again) = Admin::start(&config, parts(&config)).unwrap();
+        let Reply::Status(st) = again.handle(AdminCommand::Status, "t").unwrap() else {
+            panic!("not a status")
+        };
+        let w = st.guard.watching.expect("still watched after the restart");
+        assert_eq!((w.pool.as_str(), w.kind), ("green", WatchKind::Flip));
+        let ends = w.ends_in_s.expect("a flip watch ends");
+        let full = config.guard.watch_after_flip.as_secs_f64();
+        assert!(ends <= full && ends > full - 5.0, "{ends} of {full}");
     }
 }

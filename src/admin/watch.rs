@@ -4,7 +4,7 @@
 //! ([`crate::rollout`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -16,7 +16,7 @@ use crate::guard::{judge, Verdict, TICK};
 use crate::metrics::WindowStats;
 use crate::rollout::{Next, Rollout};
 use crate::routing::{other, PoolId, RouteState};
-use crate::state;
+use crate::state::{self, WatchFile};
 
 /// The guard's view of a rollout step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,58 @@ pub(super) struct Judgement {
     pub(super) pool: PoolId,
     pub(super) verdict: Verdict,
     pub(super) stats: WindowStats,
+}
+
+impl Watch {
+    /// The watch as kept in `state.json`.
+    pub(super) fn to_file(self, names: &[String]) -> WatchFile {
+        let (now, wall) = (Instant::now(), unix_ms(SystemTime::now()));
+        let at = |t: Instant| {
+            if t >= now {
+                wall + t.duration_since(now).as_millis() as u64
+            } else {
+                wall.saturating_sub(now.duration_since(t).as_millis() as u64)
+            }
+        };
+        WatchFile {
+            pool: names[self.pool].clone(),
+            kind: match self.kind {
+                WatchKind::Flip => "flip".into(),
+                WatchKind::Canary => "canary".into(),
+            },
+            since_ms: at(self.since),
+            until_ms: self.until.map(at),
+        }
+    }
+
+    /// A watch read back from `state.json` by this (or a new) process; none when it names
+    /// another pool, or a flip watch that is over.
+    pub(super) fn from_file(f: &WatchFile, names: &[String], now: Instant) -> Option<Watch> {
+        let pool = names.iter().position(|n| *n == f.pool)?;
+        let wall = unix_ms(SystemTime::now());
+        let back = |ms: u64| now.checked_sub(Duration::from_millis(wall.saturating_sub(ms)));
+        let ahead = |ms: u64| now + Duration::from_millis(ms.saturating_sub(wall));
+        let kind = match f.kind.as_str() {
+            "flip" => WatchKind::Flip,
+            "canary" => WatchKind::Canary,
+            _ => return None,
+        };
+        let until = f.until_ms.map(ahead);
+        if until.is_some_and(|u| u <= now) {
+            return None;
+        }
+        Some(Watch {
+            pool,
+            kind,
+            since: back(f.since_ms).unwrap_or(now),
+            until,
+        })
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Admin {
