@@ -150,7 +150,8 @@ impl Switchyard {
         let prebound = fresh
             .then(|| Listener::bind_unix(socket, group))
             .transpose()?;
-        let mut admin_endpoints = vec![(HandOver::new(Kind::Unix(socket.clone()), prebound), None)];
+        let unix = HandOver::new(Kind::Unix(socket.clone()), prebound).with_group(group);
+        let mut admin_endpoints = vec![(unix, None)];
         if let Some(addr) = config.admin.listen {
             let path = config
                 .admin
