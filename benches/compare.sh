@@ -3,6 +3,11 @@
 #
 #   benches/compare.sh [compare]   req/s, p50/p99 and proxy CPU per request, 128 B and 16 KiB bodies
 #   benches/compare.sh flips       wrk at full speed while the colour flips every 100 ms
+#   benches/compare.sh reloads     wrk at full speed while switchyard, nginx and HAProxy reload
+#                                  their configuration (a changed backend list) every 200 ms
+#   benches/compare.sh upgrades    wrk at full speed while each replaces its own binary (the same
+#                                  one) every 10 s: `ctl upgrade`, nginx USR2+WINCH+QUIT, HAProxy
+#                                  master-worker USR2 (re-exec, sockets passed over its sockpair)
 #   benches/compare.sh memory      resident memory idle and with 1 000 idle keep-alive clients
 #   benches/compare.sh profile     perf profile of switchyard under load, its own symbols first
 #   benches/compare.sh instructions  user-space instructions per request under callgrind
@@ -32,8 +37,11 @@
 #   the report when they were not built from this tree), KEEP_WORK=1 (keep the temp dir),
 #   SWITCHYARD_ALT ("NAME=PATH ...": other switchyard builds, as subjects "switchyard:NAME").
 #   INSTR_SUBJECTS ("switchyard bare-pingora bare-pingora-tuned"), INSTR_SECONDS (10).
+#   RELOAD_SUBJECTS / UPGRADE_SUBJECTS ("switchyard nginx haproxy"), RELOAD_DURATION (20 s of
+#   reloading per subject, and as much without), RELOAD_SEGMENTS (4 interleaved pairs),
+#   RELOAD_INTERVAL_MS (200), UPGRADE_DURATION (40), UPGRADE_SEGMENTS (2), UPGRADE_INTERVAL (10 s).
 # Defaults: compare ~6 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~10 min for `all`;
-# instructions ~2 min.
+# instructions ~2 min, reloads ~4 min, upgrades ~5 min.
 set -euo pipefail
 
 MODE=${1:-compare}
@@ -51,6 +59,14 @@ PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 PROFILE_SUBJECTS=${PROFILE_SUBJECTS:-switchyard}
 INSTR_SUBJECTS=${INSTR_SUBJECTS:-"switchyard bare-pingora bare-pingora-tuned"}
 INSTR_SECONDS=${INSTR_SECONDS:-10}
+RELOAD_SUBJECTS=${RELOAD_SUBJECTS:-"switchyard nginx haproxy"}
+RELOAD_DURATION=${RELOAD_DURATION:-20}
+RELOAD_SEGMENTS=${RELOAD_SEGMENTS:-4}
+RELOAD_INTERVAL_MS=${RELOAD_INTERVAL_MS:-200}
+UPGRADE_SUBJECTS=${UPGRADE_SUBJECTS:-"switchyard nginx haproxy"}
+UPGRADE_DURATION=${UPGRADE_DURATION:-40}
+UPGRADE_SEGMENTS=${UPGRADE_SEGMENTS:-2}
+UPGRADE_INTERVAL=${UPGRADE_INTERVAL:-10}
 # A command prefix for the pingora subjects (valgrind, in instructions mode).
 RUN_UNDER=()
 PROFILE_DIR=${PROFILE_DIR:-}
@@ -71,9 +87,9 @@ log() { printf '[compare] %s\n' "$*" >&2; }
 die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
 
 case $MODE in
-compare | flips | memory | profile | instructions | all) ;;
--h | --help | help) sed -n '2,30p' "$0"; exit 0 ;;
-*) die "unknown mode '$MODE' (compare, flips, memory, profile, instructions or all)" ;;
+compare | flips | reloads | upgrades | memory | profile | instructions | all) ;;
+-h | --help | help) sed -n '2,40p' "$0"; exit 0 ;;
+*) die "unknown mode '$MODE' (compare, flips, reloads, upgrades, memory, profile, instructions or all)" ;;
 esac
 
 # --- tools -------------------------------------------------------------------------------------
@@ -161,10 +177,25 @@ stop_pid() {
 	wait "$pid" 2>/dev/null || true
 }
 
+# Processes started here that are not in PIDS: a daemonized nginx master and the one an nginx
+# binary upgrade starts, a switchyard started by `ctl upgrade`. Each names a file under $WORK on
+# its command line (nginx workers do not, and stop with their master). $1: only those naming a
+# file under this directory (default: $WORK).
+work_pids() {
+	local d pid under=${1:-$WORK}/
+	for d in /proc/[0-9]*; do
+		pid=${d#/proc/}
+		[[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+		{ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null | grep -qF -- "$under" && echo "$pid"
+	done
+	return 0
+}
+
 cleanup() {
 	local rc=$? pid
 	trap - EXIT INT TERM
 	for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+	for pid in $(work_pids); do stop_pid "$pid"; done
 	if [[ $KEEP_WORK == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 	exit "$rc"
 }
@@ -269,11 +300,12 @@ make_files() {
 	chmod -R a+rX "$WORK/www"
 }
 
-# The one static upstream: nginx, 1 worker, on core LOAD_CPU; blue on UP_BLUE, green on UP_GREEN.
+# The one static upstream: nginx, 1 worker, on core LOAD_CPU; blue on UP_BLUE, green on UP_GREEN;
+# UP_BLUE2 and UP_BLUE3 answer as blue does (the backends a reload adds and removes).
 start_upstream() {
 	local d=$WORK/upstream
 	mkdir -p "$d"
-	read -r UP_BLUE UP_GREEN < <(free_ports 2)
+	read -r UP_BLUE UP_GREEN UP_BLUE2 UP_BLUE3 < <(free_ports 4)
 	cat >"$d/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -299,26 +331,32 @@ http {
         root $WORK/www/green;
         location = /healthz { return 200 "ok\n"; }
     }
+    server {
+        listen 127.0.0.1:$UP_BLUE2;
+        listen 127.0.0.1:$UP_BLUE3;
+        root $WORK/www/blue;
+        location = /healthz { return 200 "ok\n"; }
+    }
 }
 EOF
 	start upstream "$LOAD_CPU" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
 	UPSTREAM_PID=$LAST_PID
 	wait_200 "http://127.0.0.1:$UP_BLUE/small" upstream "$UPSTREAM_PID"
 	wait_200 "http://127.0.0.1:$UP_GREEN/small" upstream "$UPSTREAM_PID"
+	wait_200 "http://127.0.0.1:$UP_BLUE2/small" upstream "$UPSTREAM_PID"
+	wait_200 "http://127.0.0.1:$UP_BLUE3/small" upstream "$UPSTREAM_PID"
 	log "upstream nginx on 127.0.0.1:$UP_BLUE (blue) and :$UP_GREEN (green), core $LOAD_CPU"
 }
 
 # Each start_<subject> sets SUBJECT_PID and SUBJECT_PORT and waits until it proxies a 200.
 
-# $1: green's upstream port (default: blue's); $2: the binary; $3: the name (dir, log).
-start_switchyard() {
-	local green_up=${1:-$UP_BLUE} bin=${2:-$SWITCHYARD} name=${3:-switchyard} port mport
-	local d=$WORK/$name
-	mkdir -p "$d"
-	read -r port mport < <(free_ports 2)
-	# One worker thread, like the others' one process/thread; health checks every second so the
-	# pools are ready within ~2 s; no access log (the others log nothing either).
-	cat >"$d/switchyard.toml" <<EOF
+# switchyard's configuration for proxy port $1, metrics port $2, directory $3, blue's backends $4
+# (TOML array items, e.g. "127.0.0.1:1", "127.0.0.1:2") and green's upstream port $5.
+# One worker thread, like the others' one process/thread; health checks every SY_HEALTH_INTERVAL
+# (1 s: the pools are ready within ~2 s); no access log (the others log nothing either).
+switchyard_toml() {
+	local port=$1 mport=$2 d=$3 blue=$4 green_up=$5
+	cat <<EOF
 [listen]
 http = ["127.0.0.1:$port"]
 [admin]
@@ -328,11 +366,11 @@ listen = "127.0.0.1:$mport"
 [state]
 dir = "$d/state"
 [pools.blue]
-backends = ["127.0.0.1:$UP_BLUE"]
+backends = [$blue]
 [pools.green]
 backends = ["127.0.0.1:$green_up"]
 [health]
-interval = "1s"
+interval = "${SY_HEALTH_INTERVAL:-1s}"
 timeout = "1s"
 rise = 2
 [routing]
@@ -344,6 +382,16 @@ threads = 1
 [log]
 access = false
 EOF
+}
+
+# $1: green's upstream port (default: blue's); $2: the binary; $3: the name (dir, log); $4: blue's
+# backends (default: UP_BLUE alone; see switchyard_toml).
+start_switchyard() {
+	local green_up=${1:-$UP_BLUE} bin=${2:-$SWITCHYARD} name=${3:-switchyard} port mport
+	local blue=${4:-"\"127.0.0.1:$UP_BLUE\""} d=$WORK/${3:-switchyard}
+	mkdir -p "$d"
+	read -r port mport < <(free_ports 2)
+	switchyard_toml "$port" "$mport" "$d" "$blue" "$green_up" >"$d/switchyard.toml"
 	"$bin" check -c "$d/switchyard.toml" >&2
 	RUST_LOG=warn start "$name" "$PROXY_CPU" "${RUN_UNDER[@]}" "$bin" serve -c "$d/switchyard.toml"
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
@@ -362,13 +410,15 @@ start_bare_pingora() {
 
 # nginx and HAProxy do the header work switchyard does on every request (X-Forwarded-For,
 # X-Forwarded-Proto, a response header naming the pool), so the comparison is like for like.
-start_nginx_proxy() {
-	local d=$WORK/nginx-proxy port
-	mkdir -p "$d"
-	port=$(free_ports 1)
-	cat >"$d/nginx.conf" <<EOF
+# nginx's configuration for port $1 in directory $2, upstream ports $3 (space-separated), daemon
+# $4 (off, or on for a binary upgrade: nginx ignores USR2 while its parent is the one that
+# started it).
+nginx_proxy_conf() {
+	local port=$1 d=$2 up servers=""
+	for up in $3; do servers+="        server 127.0.0.1:$up;"$'\n'; done
+	cat <<EOF
 worker_processes 1;
-daemon off;
+daemon ${4:-off};
 pid $d/nginx.pid;
 error_log $d/error.log warn;
 worker_rlimit_nofile 16384;
@@ -380,8 +430,7 @@ http {
     keepalive_requests 1000;
     keepalive_timeout 300s;
     upstream app {
-        server 127.0.0.1:$UP_BLUE;
-        keepalive 128;
+$servers        keepalive 128;
         keepalive_requests 100000000;
         keepalive_timeout 300s;
     }
@@ -398,16 +447,36 @@ http {
     }
 }
 EOF
-	start nginx "$PROXY_CPU" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
-	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
+}
+
+# $1: upstream ports (default UP_BLUE); $2: "daemon" to let nginx daemonize (SUBJECT_PID is then
+# the master from its pid file, which a binary upgrade replaces). Started by absolute path: a
+# binary upgrade re-executes argv[0].
+start_nginx_proxy() {
+	local d=$WORK/nginx-proxy port i
+	mkdir -p "$d"
+	port=$(free_ports 1)
+	NGINX_DIR=$d
+	if [[ ${2:-} == daemon ]]; then
+		nginx_proxy_conf "$port" "$d" "${1:-$UP_BLUE}" on >"$d/nginx.conf"
+		taskset -c "$PROXY_CPU" "$(command -v nginx)" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" ||
+			die "nginx did not start: $(cat "$d/error.log")"
+		for ((i = 0; i < 100; i++)); do [[ -s $d/nginx.pid ]] && break; sleep 0.1; done
+		SUBJECT_PID=$(cat "$d/nginx.pid")
+	else
+		nginx_proxy_conf "$port" "$d" "${1:-$UP_BLUE}" off >"$d/nginx.conf"
+		start nginx "$PROXY_CPU" "$(command -v nginx)" -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
+		SUBJECT_PID=$LAST_PID
+	fi
+	SUBJECT_PORT=$port
 	wait_200 "http://127.0.0.1:$port/small" nginx "$SUBJECT_PID"
 }
 
-start_haproxy() {
-	local d=$WORK/haproxy port
-	mkdir -p "$d"
-	port=$(free_ports 1)
-	cat >"$d/haproxy.cfg" <<EOF
+# HAProxy's configuration for port $1 with upstream ports $2 (space-separated).
+haproxy_cfg() {
+	local port=$1 up servers="" n=0
+	for up in $2; do n=$((n + 1)); servers+="    server s$n 127.0.0.1:$up"$'\n'; done
+	cat <<EOF
 global
     nbthread 1
     maxconn 4000
@@ -425,9 +494,22 @@ frontend fe
     http-response set-header x-switchyard-pool blue
     default_backend app
 backend app
-    server s1 127.0.0.1:$UP_BLUE
+$servers
 EOF
-	start haproxy "$PROXY_CPU" haproxy -db -f "$d/haproxy.cfg"
+}
+
+# $1: upstream ports (default UP_BLUE); $2: "master-worker" for -W, the mode HAProxy's docs and
+# its systemd unit use for reloads (SIGUSR2 to the master, which re-executes itself and passes the
+# listening sockets to the new worker over its socketpair: the seamless reload of management.txt).
+# SUBJECT_PID is the process started here (the master, which keeps its pid across reloads).
+start_haproxy() {
+	local d=$WORK/haproxy port mw=()
+	mkdir -p "$d"
+	port=$(free_ports 1)
+	[[ ${2:-} == master-worker ]] && mw=(-W)
+	haproxy_cfg "$port" "${1:-$UP_BLUE}" >"$d/haproxy.cfg"
+	HAPROXY_DIR=$d
+	start haproxy "$PROXY_CPU" "$(command -v haproxy)" "${mw[@]}" -db -f "$d/haproxy.cfg"
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
 	wait_200 "http://127.0.0.1:$port/small" haproxy "$SUBJECT_PID"
 }
@@ -761,6 +843,411 @@ mode_flips() {
 	echo
 }
 
+# --- reloads and upgrades under load ------------------------------------------------------------
+
+# Runs one command every INTERVAL for SECONDS and times it; used for config reloads and binary
+# upgrades, on the load core. Usage:
+#   driver.py LABEL SECONDS INTERVAL_MS FIRST_DELAY_MS PORT LOG [--swap TARGET A B] [--json]
+#             [--watch-new] -- CMD...
+# --swap: before each command, put A or B (whichever TARGET is not) in place of TARGET by rename.
+# --json: the command prints switchyard's JSON answer (applied_us, took_ms, serving_after_ms).
+# --watch-new: from the moment the command starts, watch for a process that did not exist before
+#   it (a new worker or a new binary) to hold an established client connection on PORT: the new
+#   generation serving. Read from /proc/net/tcp and /proc/<pid>/fd every 10 ms.
+# The next command starts INTERVAL after the previous one started, or once it has finished (and,
+# with --watch-new, its new process serves, up to 15 s), whichever is later.
+# Appends one line per command to LOG: label, n, exit code, wall ms, applied µs or hand-over ms
+# (switchyard), ms to the new generation holding a client connection ("-" when not watched or not
+# seen within 15 s). Prints "done failed".
+write_driver() {
+	cat >"$WORK/driver.py" <<'PY'
+import json, os, shutil, subprocess, sys, time
+
+label, secs, interval, first, port, log = sys.argv[1], float(sys.argv[2]), \
+    int(sys.argv[3]) / 1000, int(sys.argv[4]) / 1000, int(sys.argv[5]), sys.argv[6]
+args = sys.argv[7:]
+swap, as_json, watch = None, False, False
+while args[0] != "--":
+    if args[0] == "--swap":
+        swap, args = args[1:4], args[4:]
+    elif args[0] == "--json":
+        as_json, args = True, args[1:]
+    elif args[0] == "--watch-new":
+        watch, args = True, args[1:]
+    else:
+        sys.exit(f"unknown option {args[0]}")
+cmd = args[1:]
+NAMES = {"switchyard", "nginx", "haproxy"}
+comm_of = {}
+
+
+def proxies():
+    out = set()
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        if p not in comm_of:
+            try:
+                with open(f"/proc/{p}/comm") as f:
+                    comm_of[p] = f.read().strip()
+            except OSError:
+                continue
+        if comm_of[p] in NAMES:
+            out.add(p)
+    return out
+
+
+def established():
+    """Inodes of established TCP sockets whose local port is the proxy's."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            v = line.split()
+            if v[3] == "01" and int(v[1].split(":")[1], 16) == port:
+                inodes.add(v[9])
+    return inodes
+
+
+def holds_client(pids):
+    inodes = established()
+    for p in pids:
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{p}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+done = failed = 0
+start = time.monotonic()
+due = start + first
+n = 0
+with open(log, "a") as out:
+    while True:
+        time.sleep(max(0.0, due - time.monotonic()))
+        if time.monotonic() - start >= secs:
+            break
+        n += 1
+        if swap:
+            target, a, b = swap
+            with open(target, "rb") as f, open(b, "rb") as g:
+                now_b = f.read() == g.read()
+            shutil.copyfile(a if now_b else b, target + ".tmp")
+            os.replace(target + ".tmp", target)
+        before = proxies() if watch else set()
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wall = served = None
+        while True:
+            now = time.monotonic()
+            if wall is None and p.poll() is not None:
+                wall = now - t0
+            if watch and served is None and holds_client(proxies() - before):
+                served = now - t0
+            if wall is not None and (not watch or served is not None or now - t0 > 15):
+                break
+            time.sleep(0.01 if watch else 0.002)
+        stdout, stderr = p.communicate()
+        extra = "-"
+        if p.returncode == 0:
+            done += 1
+            if as_json:
+                try:
+                    a = json.loads(stdout)
+                    extra = a.get("applied_us", a.get("took_ms", "-"))
+                except ValueError:
+                    pass
+        else:
+            failed += 1
+            print(f"{label} #{n}: exit {p.returncode}: {(stdout + stderr)[:300]!r}", file=sys.stderr)
+        out.write(f"{label}\t{n}\t{p.returncode}\t{wall * 1000:.1f}\t{extra}\t"
+                  f"{'-' if served is None else f'{served * 1000:.0f}'}\n")
+        out.flush()
+        # A command that took longer than the interval delays the next; none is skipped.
+        due = max(due + interval, time.monotonic())
+print(done, failed)
+PY
+}
+
+# nginx's binary upgrade (nginx.org, "Controlling nginx": upgrading the executable on the fly):
+# USR2 to the master starts the new binary (a new master and workers on the inherited sockets;
+# the old pid file becomes nginx.pid.oldbin); once its workers run, WINCH tells the old workers to
+# finish and QUIT the old master. $1: nginx's directory (its pid file).
+write_nginx_upgrade() {
+	cat >"$WORK/nginx-upgrade.sh" <<'SH'
+#!/usr/bin/env bash
+set -eu
+d=$1
+old=$(cat "$d/nginx.pid")
+kill -USR2 "$old"
+for ((i = 0; i < 500; i++)); do
+	new=$(cat "$d/nginx.pid" 2>/dev/null || true)
+	[[ -n $new && $new != "$old" ]] && pgrep -P "$new" >/dev/null && break
+	sleep 0.01
+done
+[[ -n $new && $new != "$old" ]] || { echo "no new master after USR2 to $old" >&2; exit 1; }
+kill -WINCH "$old"
+kill -QUIT "$old"
+SH
+	chmod +x "$WORK/nginx-upgrade.sh"
+}
+
+# wrk's socket errors in $WORK/wrk.out as "connect/read/write/timeout", its non-2xx count and its
+# maximum latency in µs.
+wrk_details() {
+	awk '
+		function us(v) {
+			if (v ~ /us$/) return v + 0
+			if (v ~ /ms$/) return v * 1000
+			if (v ~ /s$/) return v * 1000000
+			return v
+		}
+		/Socket errors:/ { gsub(/,/, ""); sock = $4 "/" $6 "/" $8 "/" $10 }
+		/Non-2xx or 3xx responses:/ { non2xx = $NF }
+		/^ +Latency +[0-9]/ { max = us($4) }
+		END { printf "%s\t%d\t%.0f\n", sock == "" ? "0/0/0/0" : sock, non2xx, max }' "$WORK/wrk.out"
+}
+
+# Starts $1 for a reload or upgrade run ($2: reloads or upgrades) and sets DRIVER_ARGS (what the
+# driver runs) and SUBJECT_DIR (whose processes to stop at the end). Each subject proxies to
+# UP_BLUE and UP_BLUE2; a reload swaps UP_BLUE2 for UP_BLUE3 and back, so every reload adds one
+# backend and removes one while UP_BLUE stays.
+start_changing() {
+	local subject=$1 mode=$2 d
+	local a="$UP_BLUE $UP_BLUE2" b="$UP_BLUE $UP_BLUE3"
+	case $subject in
+	switchyard)
+		# Health checks every 100 ms so that a backend a reload adds is healthy (rise 2) and
+		# takes traffic before the next reload removes it.
+		SY_HEALTH_INTERVAL=100ms start_switchyard "$UP_GREEN" "$SWITCHYARD" switchyard \
+			"\"127.0.0.1:$UP_BLUE\", \"127.0.0.1:$UP_BLUE2\""
+		d=$WORK/switchyard
+		wait_both_ready
+		if [[ $mode == reloads ]]; then
+			cp "$d/switchyard.toml" "$d/a.toml"
+			SY_HEALTH_INTERVAL=100ms switchyard_toml "$SUBJECT_PORT" "$METRICS_PORT" "$d" \
+				"\"127.0.0.1:$UP_BLUE\", \"127.0.0.1:$UP_BLUE3\"" "$UP_GREEN" >"$d/b.toml"
+			DRIVER_ARGS=(--swap "$d/switchyard.toml" "$d/a.toml" "$d/b.toml" --json --
+				"$SWITCHYARD" ctl --socket "$ADMIN_SOCKET" --json --actor compare.sh reload)
+		else
+			DRIVER_ARGS=(--json --watch-new -- "$SWITCHYARD" ctl --socket "$ADMIN_SOCKET" --json
+				--actor compare.sh upgrade --timeout 30s)
+		fi
+		;;
+	nginx)
+		if [[ $mode == reloads ]]; then
+			start_nginx_proxy "$a"
+			d=$NGINX_DIR
+			cp "$d/nginx.conf" "$d/a.conf"
+			nginx_proxy_conf "$SUBJECT_PORT" "$d" "$b" off >"$d/b.conf"
+			DRIVER_ARGS=(--swap "$d/nginx.conf" "$d/a.conf" "$d/b.conf" --watch-new --
+				"$(command -v nginx)" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -s reload)
+		else
+			start_nginx_proxy "$a" daemon
+			d=$NGINX_DIR
+			DRIVER_ARGS=(--watch-new -- "$WORK/nginx-upgrade.sh" "$d")
+		fi
+		;;
+	haproxy)
+		start_haproxy "$a" master-worker
+		d=$HAPROXY_DIR
+		if [[ $mode == reloads ]]; then
+			cp "$d/haproxy.cfg" "$d/a.cfg"
+			haproxy_cfg "$SUBJECT_PORT" "$b" >"$d/b.cfg"
+			DRIVER_ARGS=(--swap "$d/haproxy.cfg" "$d/a.cfg" "$d/b.cfg" --watch-new -- kill -USR2 "$SUBJECT_PID")
+		else
+			DRIVER_ARGS=(--watch-new -- kill -USR2 "$SUBJECT_PID")
+		fi
+		;;
+	*) die "$mode: subject $subject is not supported (switchyard, nginx or haproxy)" ;;
+	esac
+	SUBJECT_DIR=$d
+	log "$subject (pid $SUBJECT_PID) on 127.0.0.1:$SUBJECT_PORT, core $PROXY_CPU"
+}
+
+# Stops every process of the subject in SUBJECT_DIR (after an upgrade, not the one started).
+stop_changing() {
+	local pid
+	stop "$SUBJECT_PID"
+	for pid in $(work_pids "$SUBJECT_DIR"); do stop_pid "$pid"; done
+}
+
+# Interleaved segments with and without changes for every subject in $2; $1: reloads or upgrades.
+# Rows go to $WORK/changes.tsv:
+#   subject kind pair | rps p50 p99 requests errors cpu pct core0 core1 | sockerr non2xx max |
+#   done failed
+run_changes() {
+	local mode=$1 subjects=$2 total=$3 segments=$4 interval_ms=$5 first_ms=$6
+	local subject seg pair kind order r dpid url summary
+	seg=$((total / segments))
+	((seg >= 1)) || die "$mode: the duration / segments must be at least 1 s"
+	: >"$WORK/changes.tsv"
+	: >"$WORK/actions.tsv"
+	for subject in $subjects; do
+		start_changing "$subject" "$mode"
+		url="http://127.0.0.1:$SUBJECT_PORT/small"
+		run_wrk "$url" "$WARMUP" "$WORK/warmup.out"
+		for ((pair = 1; pair <= segments; pair++)); do
+			order="steady $mode"
+			((pair % 2 == 0)) && order="$mode steady"
+			for kind in $order; do
+				summary="- -"
+				if [[ $kind == "$mode" ]]; then
+					log "$subject, segment $pair/$segments: $mode every $((interval_ms)) ms for ${seg}s under full load"
+					taskset -c "$LOAD_CPU" python3 "$WORK/driver.py" "$subject" "$seg" "$interval_ms" \
+						"$first_ms" "$SUBJECT_PORT" "$WORK/actions.tsv" "${DRIVER_ARGS[@]}" \
+						>"$WORK/driver.out" 2>>"$WORK/driver.err" &
+					dpid=$!
+					PIDS+=("$dpid")
+				else
+					log "$subject, segment $pair/$segments: ${seg}s of full load, no $mode"
+				fi
+				r=$(measure "$SUBJECT_PID" "$url" "$seg")
+				if [[ $kind == "$mode" ]]; then
+					wait "$dpid" || die "the $mode driver failed: $(cat "$WORK/driver.err")"
+					forget "$dpid"
+					summary=$(cat "$WORK/driver.out")
+				fi
+				printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$subject" "$kind" "$pair" "$r" "$(wrk_details)" \
+					"$(tr ' ' '\t' <<<"$summary")" >>"$WORK/changes.tsv"
+				log "  $(cut -f1-5 <<<"$r" | awk -F'\t' '{ printf "%s req/s, p50 %s us, p99 %s us, %s requests, %s failed", $1, $2, $3, $4, $5 }')${summary:+, done/failed $summary}"
+			done
+		done
+		# Let the last change settle (an old process finishing) before the next subject runs.
+		sleep 2
+		stop_changing
+	done
+}
+
+# Percentile $2 (0-100) of column $3 of $WORK/actions.tsv for subject $1 (numeric values only).
+action_pct() {
+	awk -F'\t' -v s="$1" -v c="$3" '$1 == s && $c ~ /^[0-9.]+$/ { print $c }' "$WORK/actions.tsv" |
+		sort -g | awk -v q="$2" '{ a[NR] = $1 } END {
+			if (NR == 0) { print "-"; exit }
+			i = int(NR * q / 100 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; print a[i] }'
+}
+
+# The side-by-side table of a reloads or upgrades run, then every segment.
+report_changes() {
+	local mode=$1 subject
+	echo "| subject | requests without / with | failed without / with | p50 without / with | p99 without / with | worst p99 / max with | $mode done / failed |"
+	echo "|---|---:|---:|---:|---:|---:|---:|"
+	awk -F'\t' -v mode="$mode" '
+		function f(v) { return v >= 1000 ? sprintf("%.2f ms", v / 1000) : sprintf("%.0f µs", v) }
+		function med(key,   n, i, j, t, a) {
+			n = split(vals[key], a, " ")
+			for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+			return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+		}
+		{
+			if (!($1 in seen)) { seen[$1] = 1; order[++ns] = $1 }
+			k = $1 SUBSEP $2
+			reqs[k] += $7; failed[k] += $8
+			vals[k, "p50"] = vals[k, "p50"] " " $5; vals[k, "p99"] = vals[k, "p99"] " " $6
+			if ($6 > worst[k]) worst[k] = $6
+			if ($15 > maxl[k]) maxl[k] = $15
+			if ($2 == mode) { done[$1] += $16; bad[$1] += $17 }
+		}
+		END {
+			for (i = 1; i <= ns; i++) {
+				s = order[i]; q = s SUBSEP "steady"; c = s SUBSEP mode
+				printf "| %s | %d / %d | %d / %d | %s / %s | %s / %s | %s / %s | %d / %d |\n", s,
+					reqs[q], reqs[c], failed[q], failed[c], f(med(q SUBSEP "p50")), f(med(c SUBSEP "p50")),
+					f(med(q SUBSEP "p99")), f(med(c SUBSEP "p99")), f(worst[c]), f(maxl[c]), done[s], bad[s]
+			}
+		}' "$WORK/changes.tsv"
+	echo
+	if [[ $mode == reloads ]]; then
+		echo "| subject | how | time to applied p50 / p99 / max | command wall time p50 / p99 / max |"
+	else
+		echo "| subject | how | to the new process serving p50 / p99 / max | command wall time p50 / p99 / max |"
+	fi
+	echo "|---|---|---:|---:|"
+	for subject in $(cut -f1 "$WORK/changes.tsv" | awk '!seen[$0]++'); do
+		local how timing wall
+		wall="$(action_pct "$subject" 50 4) / $(action_pct "$subject" 99 4) / $(action_pct "$subject" 100 4) ms"
+		case $subject/$mode in
+		switchyard/reloads)
+			how='rewrite the file (rename), `switchyard ctl reload`'
+			timing="$(action_pct "$subject" 50 5) / $(action_pct "$subject" 99 5) / $(action_pct "$subject" 100 5) µs (the reply's applied_us)" ;;
+		switchyard/upgrades)
+			how='`switchyard ctl upgrade` (same binary)'
+			timing="$(action_pct "$subject" 50 6) / $(action_pct "$subject" 99 6) / $(action_pct "$subject" 100 6) ms (hand-over: $(action_pct "$subject" 50 5) / $(action_pct "$subject" 99 5) ms, the reply's took_ms)" ;;
+		nginx/reloads)
+			how='rewrite the file (rename), `nginx -s reload`'
+			timing="$(action_pct "$subject" 50 6) / $(action_pct "$subject" 99 6) / $(action_pct "$subject" 100 6) ms (a new worker holds a client connection)" ;;
+		nginx/upgrades)
+			how='USR2, new master up, WINCH + QUIT to the old master'
+			timing="$(action_pct "$subject" 50 6) / $(action_pct "$subject" 99 6) / $(action_pct "$subject" 100 6) ms (a new worker holds a client connection)" ;;
+		haproxy/reloads)
+			how='rewrite the file (rename), `kill -USR2` to the master (-W)'
+			timing="$(action_pct "$subject" 50 6) / $(action_pct "$subject" 99 6) / $(action_pct "$subject" 100 6) ms (the new worker holds a client connection)" ;;
+		haproxy/upgrades)
+			how='`kill -USR2` to the master (-W): it re-executes its binary'
+			timing="$(action_pct "$subject" 50 6) / $(action_pct "$subject" 99 6) / $(action_pct "$subject" 100 6) ms (the new worker holds a client connection)" ;;
+		esac
+		echo "| $subject | $how | $timing | $wall |"
+	done
+	echo
+	echo "<details><summary>every segment</summary>"
+	echo
+	echo "| subject | segment | req/s | p50 | p99 | max | requests | failed | socket errors connect/read/write/timeout | non-2xx | $mode done / failed |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+	awk -F'\t' '
+		function f(v) { return v >= 1000 ? sprintf("%.2f ms", v / 1000) : sprintf("%.0f µs", v) }
+		{ printf "| %s | %d: %s | %d | %s | %s | %s | %d | %d | %s | %d | %s |\n", $1, $3, $2, $4, f($5),
+			f($6), f($15), $7, $8, $13, $14, $16 == "-" ? "-" : $16 " / " $17 }' "$WORK/changes.tsv"
+	echo
+	echo "</details>"
+	echo
+	if [[ -s $WORK/driver.err ]]; then
+		echo "Errors from the changes:"
+		echo
+		echo '```'
+		first 20 <"$WORK/driver.err"
+		echo '```'
+		echo
+	fi
+}
+
+mode_reloads() {
+	write_driver
+	run_changes reloads "$RELOAD_SUBJECTS" "$RELOAD_DURATION" "$RELOAD_SEGMENTS" "$RELOAD_INTERVAL_MS" 0
+	local seg=$((RELOAD_DURATION / RELOAD_SEGMENTS))
+	echo "## Configuration reloads under full load"
+	echo
+	machine
+	echo "- each subject alone on core $PROXY_CPU (1 worker process / thread); wrk -t1 -c$CONNS on core $LOAD_CPU, 128 B body"
+	echo "- backends 127.0.0.1:$UP_BLUE and :$UP_BLUE2, then :$UP_BLUE and :$UP_BLUE3, alternately: every reload adds one backend and removes one (nginx server blocks answering the same body); switchyard health-checks every 100 ms, rise 2"
+	echo "- a reload every ${RELOAD_INTERVAL_MS} ms (run from core $LOAD_CPU) for ${RELOAD_DURATION} s, and ${RELOAD_DURATION} s without, per subject, in $RELOAD_SEGMENTS interleaved pairs of ${seg} s segments"
+	echo "- failed = non-2xx responses + wrk socket errors; p50/p99 are medians over the segments of each kind"
+	echo
+	report_changes reloads
+}
+
+mode_upgrades() {
+	write_driver
+	write_nginx_upgrade
+	run_changes upgrades "$UPGRADE_SUBJECTS" "$UPGRADE_DURATION" "$UPGRADE_SEGMENTS" $((UPGRADE_INTERVAL * 1000)) 1000
+	local seg=$((UPGRADE_DURATION / UPGRADE_SEGMENTS))
+	echo "## Binary upgrades under full load"
+	echo
+	machine
+	echo "- each subject alone on core $PROXY_CPU (1 worker process / thread); wrk -t1 -c$CONNS on core $LOAD_CPU, 128 B body; backends 127.0.0.1:$UP_BLUE and :$UP_BLUE2"
+	echo "- an upgrade to the same binary every ${UPGRADE_INTERVAL} s (the first 1 s into the segment) for ${UPGRADE_DURATION} s, and ${UPGRADE_DURATION} s without, per subject, in $UPGRADE_SEGMENTS interleaved pairs of ${seg} s segments"
+	echo "- failed = non-2xx responses + wrk socket errors; p50/p99 are medians over the segments of each kind"
+	echo "- to the new process serving: from the command's start until a process that did not exist before holds an established client connection on the proxy port (/proc/net/tcp and /proc/<pid>/fd, polled every 10 ms)"
+	echo
+	report_changes upgrades
+}
+
 mode_memory() {
 	local need=$((IDLE_CONNS * 3 + 256)) subject idle held after ipid
 	# Each held client costs the proxy one descriptor (its upstream connections are pooled) and
@@ -990,6 +1477,8 @@ start_upstream
 case $MODE in
 compare) mode_compare ;;
 flips) mode_flips ;;
+reloads) mode_reloads ;;
+upgrades) mode_upgrades ;;
 memory) mode_memory ;;
 profile) mode_profile ;;
 instructions) mode_instructions ;;

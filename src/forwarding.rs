@@ -1,6 +1,6 @@
 //! What switchyard changes in the messages it forwards, and nothing more: the routing headers are
-//! stripped from requests, `X-Forwarded-For` and `X-Forwarded-Proto` are set on them, and responses
-//! name the pool that served them.
+//! stripped from requests, `X-Forwarded-For` and `X-Forwarded-Proto` are set on them, a repeated
+//! `Content-Length` goes on as one line, and responses name the pool that served them.
 //!
 //! These edits run on every request, so they are written against pingora's header types with
 //! their cost in mind (see `benches/request_path.rs`, group "forwarding").
@@ -53,6 +53,13 @@ pub fn upstream_request(
             // `HeaderName`, pingora would copy the name once more for its case map.
             req.insert_header(bytes::Bytes::from_static(b"X-Forwarded-For"), xff)?;
         }
+    }
+    // Identical `Content-Length` lines (differing ones were refused before): one goes on, as
+    // RFC 9110 §8.6 allows, so the next hop cannot read them differently.
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {
+        let first = first.clone();
+        req.insert_header(http::header::CONTENT_LENGTH, first)?;
     }
     if !(trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
         req.insert_header(
@@ -192,6 +199,20 @@ mod tests {
         let mut r = request(&[("X-Switchyard-Pool", "green")]);
         upstream_request(&mut r, None, false).unwrap();
         assert_eq!(wire(&r), "X-Forwarded-Proto: http\r\n");
+    }
+
+    #[test]
+    fn repeated_content_length_goes_on_as_one_line() {
+        let mut r = request(&[
+            ("Host", "a"),
+            ("Content-Length", "5"),
+            ("content-length", "5"),
+        ]);
+        upstream_request(&mut r, None, false).unwrap();
+        assert_eq!(
+            wire(&r),
+            "Host: a\r\nContent-Length: 5\r\nX-Forwarded-Proto: http\r\n"
+        );
     }
 
     #[test]

@@ -405,7 +405,7 @@ where
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(Linger::new(stream)), svc)
                 .with_upgrades()
                 .await;
         });
@@ -415,6 +415,89 @@ where
 /// A stream hyper can serve.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// After a half-close, how much of what the client still sends is read and thrown away, and for
+/// how long at most, before the connection is closed. Four times the admin API's largest body.
+const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// A connection that closes gracefully: when hyper shuts it down (after a response it will not
+/// follow with another, e.g. a 413 to a request whose body it did not read), the write side is
+/// closed first, then what the client still sends is read and discarded until it closes too, or
+/// up to [`LINGER_BYTES`] or [`LINGER_TIME`] (nginx's lingering close). Closing at once with
+/// unread data would reset the connection, and the client, still writing its body, would get a
+/// broken pipe instead of the answer.
+struct Linger {
+    inner: Box<dyn Io>,
+    /// Set once the write side is closed: bytes left to discard, and the deadline.
+    draining: Option<(usize, std::pin::Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl Linger {
+    fn new(inner: Box<dyn Io>) -> Linger {
+        Linger {
+            inner,
+            draining: None,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Linger {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Linger {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.draining.is_none() {
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            let deadline = Box::pin(tokio::time::sleep(LINGER_TIME));
+            this.draining = Some((LINGER_BYTES, deadline));
+        }
+        let Some((left, deadline)) = this.draining.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 4096];
+        while *left > 0 && deadline.as_mut().poll(cx).is_pending() {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut this.inner), cx, &mut buf)
+            {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    *left = left.saturating_sub(buf.filled().len());
+                }
+                // The client closed (or the connection broke): nothing more to wait for.
+                Poll::Ready(_) => break,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// A plain-text response.
 pub fn text(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

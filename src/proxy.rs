@@ -155,6 +155,10 @@ fn pool_by_name(table: &RoutingTable, name: &[u8]) -> Option<PoolId> {
     table.pools.iter().position(|p| p.name.as_bytes() == name)
 }
 
+/// How long an idle client connection is kept open between requests, in seconds (pingora's
+/// wait for a connection's first request; nginx's `keepalive_timeout` is 75 s).
+pub const CLIENT_KEEPALIVE_SECS: u64 = 60;
+
 /// Most request headers accepted (nginx and HAProxy allow about 100).
 pub const MAX_HEADERS: usize = 100;
 /// Most bytes of request headers accepted: 32 KiB, between nginx's 8 KiB lines and HAProxy's
@@ -204,6 +208,51 @@ pub fn framing_error(req: &RequestHeader) -> Option<(u16, &'static str)> {
         }
     }
     None
+}
+
+/// Why a request's `Host` is refused, if it is (RFC 9112 §3.2: "A server MUST respond with a 400
+/// (Bad Request) status code to any HTTP/1.1 request message that lacks a Host header field and
+/// to any request message that contains more than one Host header field line or a Host header
+/// field with an invalid field value"). pingora already refuses a second `Host`, userinfo, and
+/// a `Host` that differs from an absolute target; what is left is a missing one on HTTP/1.1 and
+/// one that is not `host[:port]` (RFC 3986 §3.2.2: a bracketed IP literal or a reg-name of
+/// unreserved, percent-encoded and sub-delims characters). An empty `Host` is valid.
+pub fn host_error(req: &RequestHeader) -> Option<&'static str> {
+    let Some(host) = req.headers.get(http::header::HOST) else {
+        return (req.version == http::Version::HTTP_11).then_some("HTTP/1.1 request without Host");
+    };
+    (!valid_host(host.as_bytes())).then_some("invalid Host header")
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2).
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = &v[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.vV".contains(b))
+        {
+            return false;
+        }
+        match &v[end + 1..] {
+            [] => (&v[..0], None),
+            [b':', port @ ..] => (&v[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|b| *b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let reg_name = host
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b));
+    reg_name && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
 }
 
 /// Whether raw request headers include a `Content-Length` field (any case).
@@ -291,24 +340,47 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// Turns on pingora's HTTP/1.1 pipelining for the client connection (off by default). Without
+    /// it, a request that arrives in the same read as the one before it is dropped: the first
+    /// response says `keep-alive`, then the connection closes and the second request is lost
+    /// (pingora#377). With it, requests written back to back are answered one after the other,
+    /// in order (RFC 9112 §9.3.2), each forwarded once. pingora carries the setting across the
+    /// connection's requests; setting it again on each is one store.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        session.set_pipelining_enabled(true);
+        // pingora waits for a client's next request forever once it has answered one with
+        // keep-alive; bound the wait (only where keep-alive is on: never turn it on for a
+        // client that did not ask for it).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let error = framing_error(session.req_header()).or_else(|| {
-            // pingora drops Content-Length when Transfer-Encoding is also present (and closes the
-            // connection after); refuse such a request outright, as the raw header shows it.
-            let te = session
-                .req_header()
-                .headers
-                .contains_key(http::header::TRANSFER_ENCODING);
-            let raw = te.then(|| {
-                session
-                    .as_downstream()
-                    .as_http1()
-                    .map(|s| s.get_headers_raw_bytes())
+        let error = framing_error(session.req_header())
+            .or_else(|| host_error(session.req_header()).map(|why| (400, why)))
+            .or_else(|| {
+                // pingora drops Content-Length when Transfer-Encoding is also present (and closes the
+                // connection after); refuse such a request outright, as the raw header shows it.
+                let te = session
+                    .req_header()
+                    .headers
+                    .contains_key(http::header::TRANSFER_ENCODING);
+                let raw = te.then(|| {
+                    session
+                        .as_downstream()
+                        .as_http1()
+                        .map(|s| s.get_headers_raw_bytes())
+                });
+                raw.flatten()
+                    .filter(|raw| has_content_length(raw))
+                    .map(|_| (400, "both Content-Length and Transfer-Encoding"))
             });
-            raw.flatten()
-                .filter(|raw| has_content_length(raw))
-                .map(|_| (400, "both Content-Length and Transfer-Encoding"))
-        });
         if let Some((status, why)) = error {
             // Ambiguous framing is how requests get smuggled past a proxy: refuse it, and close
             // the connection, since where this request ends is exactly what is in doubt.
@@ -586,6 +658,39 @@ mod tests {
         let mut old = req(&[("transfer-encoding", "chunked")]);
         old.set_version(http::Version::HTTP_10);
         assert_eq!(framing_error(&old).map(|(s, _)| s), Some(400));
+    }
+
+    #[test]
+    fn host_is_required_on_http11_and_must_be_host_port() {
+        let with_host = |v: Option<&str>, version| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.set_version(version);
+            if let Some(v) = v {
+                r.append_header("host", v).unwrap();
+            }
+            host_error(&r)
+        };
+        use http::Version;
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+            "a_b.local",
+            "",
+            "h:",
+        ] {
+            assert_eq!(with_host(Some(ok), Version::HTTP_11), None, "{ok:?}");
+        }
+        for bad in [
+            "a b", "a/b", "a?b", "a#b", "a:b", "[::1", "[::1]x", "[zz]", "a\\b", "a\"b",
+        ] {
+            assert!(with_host(Some(bad), Version::HTTP_11).is_some(), "{bad:?}");
+        }
+        assert!(with_host(None, Version::HTTP_11).is_some());
+        assert_eq!(with_host(None, Version::HTTP_10), None);
     }
 
     #[test]

@@ -140,6 +140,11 @@ impl Plan {
         );
         d.restart("server.threads", &old.server.threads, &new.server.threads);
         d.restart(
+            "listen.header_timeout",
+            &dur(old.header_timeout),
+            &dur(new.header_timeout),
+        );
+        d.restart(
             "shutdown.grace_period",
             &dur(old.shutdown.grace_period),
             &dur(new.shutdown.grace_period),

@@ -67,10 +67,13 @@ pub enum StartError {
     Runtime(io::Error),
 }
 
-/// Read buffer per client connection. pingora's default is 64 KiB, held for as long as the
-/// connection lives, idle or not: 1 000 idle keep-alive clients cost 64 MiB in buffers alone.
-/// 16 KiB holds any ordinary request head in one read; larger bodies just take more reads.
-const CLIENT_READ_BUFFER: usize = 16 * 1024;
+/// Read buffer per client connection: none. pingora's default is 64 KiB, held for as long as the
+/// connection lives, idle or not (1 000 idle keep-alive clients: 64 MiB in buffers alone), and
+/// it only adds a copy: pingora reads a request head into its own buffer (4 KiB, grown as
+/// needed) and a body into its body buffer (64 KiB, bypassing a smaller read buffer anyway).
+/// Without it (and with the keep-alive wait patch, vendor/README.md) an idle keep-alive client
+/// costs ~9 KiB; with 16 KiB it cost ~39 KiB.
+const CLIENT_READ_BUFFER: usize = 0;
 /// pingora's default write buffer (one MSS).
 const CLIENT_WRITE_BUFFER: usize = pingora::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
@@ -260,6 +263,14 @@ impl Switchyard {
         if let Some(app) = proxy_service.app_logic_mut() {
             let mut options = pingora::apps::HttpServerOptions::default();
             options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
+            // The request-head limits apply while the head is read, before any filter runs
+            // (pingora patches, vendor/README.md): a head trickled past the deadline gets 408,
+            // one too large or with too many fields 431, a request line with a space in the
+            // target 400 (rather than being rewritten and forwarded).
+            options.h1_header_timeout = Some(config.header_timeout);
+            options.h1_max_header_bytes = Some(crate::proxy::MAX_HEADER_BYTES);
+            options.h1_max_headers = Some(crate::proxy::MAX_HEADERS);
+            options.h1_refuse_unparsable_request_line = true;
             app.server_options = Some(options);
         }
         for addr in &config.listen {

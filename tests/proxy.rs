@@ -346,3 +346,109 @@ async fn ambiguous_framing_and_huge_headers_never_reach_a_backend() {
         .starts_with("HTTP/1.1 200"));
     assert_eq!(blue.hits(), 1);
 }
+
+/// A backend that keeps an idle connection exactly `keep_alive` after its last response, then
+/// closes it, as gunicorn does (2 s). Answers every request `200 ok`; records, per request, the
+/// number of the connection it came on.
+async fn short_keepalive_backend(
+    keep_alive: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for conn in 0.. {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: a head, then a Content-Length body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tokio::time::timeout(keep_alive, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return, // idle too long (close), or the peer went away
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    if head.starts_with("get /healthz") {
+                        buf.drain(..head_end);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                        continue;
+                    }
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    log.lock().unwrap().push(conn);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_dropped_before_a_2s_keepalive_backend_closes_them() {
+    let (backend, seen) = short_keepalive_backend(Duration::from_secs(2)).await;
+    let green = Upstream::start("green").await;
+    // The default upstream.idle_timeout, with health checks rare enough not to keep the
+    // pooled connection busy (they use their own connections anyway).
+    let proxy = Proxy::start(&format!(
+        "[health]\ninterval = \"60s\"\nrise = 1\nfall = 1\n\n{}",
+        pools_toml(&[backend], &[green.addr])
+    ))
+    .await;
+    assert_eq!(
+        proxy.config.upstream.idle_timeout,
+        Duration::from_secs(1),
+        "the documented default"
+    );
+
+    // POSTs (never retried by the proxy) each sent just as the backend closes the pooled
+    // connection from the one before: 2 s later, give or take a few milliseconds.
+    let mut client = Client::connect(proxy.addr).await;
+    let r = client.send(request("POST", "/", "first")).await.unwrap();
+    assert_eq!(r.status, 200);
+    let mut statuses = Vec::new();
+    for gap_ms in [1_990, 1_995, 2_000, 2_002, 2_005, 2_010] {
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+        let r = client.send(request("POST", "/", "again")).await.unwrap();
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200; 6], "no POST met the backend's close");
+    // Each came on a new upstream connection: the pooled one was dropped by the proxy after
+    // 1 s idle, before the backend's 2 s were up.
+    let conns = seen.lock().unwrap().clone();
+    assert_eq!(conns.len(), 7);
+    let mut distinct = conns.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 7, "connections used: {conns:?}");
+}

@@ -52,6 +52,9 @@ pub struct Config {
     /// Clients (a TLS terminator, a load balancer) whose `X-Forwarded-Proto` is passed on; from
     /// anyone else it is replaced with `http`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a client has to send a whole request head once it has started; past it the
+    /// request is answered 408 and the connection closed.
+    pub header_timeout: Duration,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub state: StateConfig,
@@ -446,6 +449,10 @@ pub mod defaults {
 
     /// Loopback, so an unconfigured proxy is not exposed by accident.
     pub const LISTEN: &str = "127.0.0.1:8080";
+    /// Half nginx's `client_header_timeout` (60 s), three times HAProxy's usual
+    /// `timeout http-request` (10 s): a real client sends its head in one packet or a few
+    /// round trips, while a client trickling it is cut well before it can pile up.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
     /// Under systemd's `RuntimeDirectory=switchyard`.
     pub const ADMIN_SOCKET: &str = "/run/switchyard/admin.sock";
     /// Loopback: metrics reveal traffic shape and should not be public by default.
@@ -463,9 +470,13 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Pooled upstream connections live this long when idle; keep it below the backends' own
-    /// keep-alive timeout to avoid reusing a connection the backend is closing.
-    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Pooled upstream connections live this long when idle. It must stay below the backends'
+    /// own keep-alive timeout, or a pooled connection is reused just as the backend closes it:
+    /// a GET is retried, a POST gets 502. Common app servers keep idle connections 2 s
+    /// (gunicorn) or 5 s (Node.js, uvicorn); 1 s is half the shortest, so the backend's close
+    /// never meets a reuse, while a busy backend's connections, reused within milliseconds, are
+    /// kept all the same. Set it higher only for backends known to keep connections longer.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
     pub const GUARD_WINDOW: Duration = Duration::from_secs(30);
     pub const MIN_REQUESTS: u64 = 50;
     pub const MAX_ERROR_RATIO: f64 = 0.05;

@@ -46,6 +46,7 @@ pub struct File {
 pub struct Listen {
     pub http: Option<Spanned<Vec<Spanned<String>>>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub header_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -158,6 +159,7 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
                     "an IP address or network string such as \"10.0.0.0/8\"",
                 ),
             ),
+            header_timeout: s.string(errs, "header_timeout", DURATION),
         }),
         admin: r.section(errs, "admin", |s, errs| Admin {
             socket: s.string(errs, "socket", PATH).map(Spanned::into_inner),

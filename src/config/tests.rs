@@ -21,6 +21,7 @@ fn a_minimal_file_gets_the_documented_defaults() {
     assert_eq!(c.shutdown.grace_period, Duration::from_secs(10));
     assert!(c.server.threads >= 1);
     assert!(!c.log.access);
+    assert_eq!(c.header_timeout, Duration::from_secs(30));
     assert!(
         c.trusted_proxies.is_empty(),
         "no client is trusted by default"
@@ -50,6 +51,20 @@ fn trusted_proxies_are_networks_or_addresses() {
             .contains("`lb.internal` is not an IP address or network"),
         "{}",
         errs[0]
+    );
+}
+
+#[test]
+fn the_header_timeout_is_a_positive_duration() {
+    let c = Config::parse(
+        &format!("{MINIMAL}[listen]\nheader_timeout = \"10s\"\n"),
+        "t.toml",
+    );
+    assert_eq!(c.unwrap().header_timeout, Duration::from_secs(10));
+    let errs = rendered(&format!("{MINIMAL}[listen]\nheader_timeout = \"0s\"\n"));
+    assert_eq!(
+        errs,
+        ["f.toml:7:18: listen header_timeout must be greater than zero"]
     );
 }
 
@@ -301,6 +316,7 @@ threads = true
 #[test]
 fn every_duration_key_names_itself_when_given_a_number() {
     for (section, key) in [
+        ("listen", "header_timeout"),
         ("health", "interval"),
         ("health", "timeout"),
         ("upstream", "connect_timeout"),

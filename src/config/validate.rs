@@ -173,6 +173,11 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
         .flat_map(|l| l.get_ref())
         .filter_map(|n| errs.network(n))
         .collect();
+    let header_timeout = listen_raw
+        .header_timeout
+        .as_ref()
+        .and_then(|d| errs.positive_duration(d, "listen header_timeout"))
+        .unwrap_or(defaults::HEADER_TIMEOUT);
 
     // [admin]
     let admin_raw = raw.admin.unwrap_or_default();
@@ -675,6 +680,7 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     Some(Config {
         listen,
         trusted_proxies,
+        header_timeout,
         admin,
         metrics,
         state,
