@@ -111,17 +111,19 @@ fn signals() -> Option<ProcessSignals> {
     match ProcessSignals::install() {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::error!("cannot install signal handlers: {e}");
+            // Before the log subscriber may exist: straight to stderr.
+            eprintln!("error: cannot install signal handlers: {e}");
             None
         }
     }
 }
 
 fn serve(path: &std::path::Path, upgrade: bool) -> ExitCode {
-    crate::logging::init();
     let Some(signals) = signals() else {
         return ExitCode::from(1);
     };
+    // The config says how to log (so the subscriber waits for it); its own errors go to stderr
+    // as `check` prints them.
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -135,6 +137,7 @@ fn serve(path: &std::path::Path, upgrade: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    crate::logging::init_with(&config.log);
     // Reload re-reads, and `ctl upgrade` restarts from, the same file, by its absolute path
     // (the proxy's working directory is not the operator's).
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());

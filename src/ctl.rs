@@ -1,8 +1,10 @@
 //! `switchyard ctl`: the admin client for people and deploy scripts.
 //!
 //! Exit codes are the contract scripts rely on: 0 done, 1 refused by the proxy (the answer's
-//! `code` says why), 2 a usage error or the proxy could not be reached. Human-readable output by
-//! default, the proxy's JSON document with `--json`.
+//! `code` says why) or a wait that timed out, 2 a usage error, 3 the proxy could not be reached or
+//! did not accept the credentials. Human-readable output by default; with `--json` one JSON
+//! document on stdout whatever happened: the answer on success, `{"error", "code", ...}` on any
+//! failure (the sentence also goes to stderr), floats rounded ([`round_floats`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,13 +24,15 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// The admin unix socket.
-    #[arg(long, global = true, default_value = ADMIN_SOCKET, conflicts_with = "url")]
-    pub socket: PathBuf,
-    /// The TCP admin API instead of the socket, e.g. http://127.0.0.1:9902.
-    #[arg(long, global = true, requires = "token_file")]
+    /// The admin unix socket [default: $SWITCHYARD_SOCKET, else /run/switchyard/admin.sock].
+    #[arg(long, global = true, conflicts_with = "url")]
+    pub socket: Option<PathBuf>,
+    /// The TCP admin API instead of the socket, e.g. http://127.0.0.1:9902 [default:
+    /// $SWITCHYARD_URL].
+    #[arg(long, global = true)]
     pub url: Option<String>,
-    /// File holding the bearer token for --url (a bare token or NAME:TOKEN).
+    /// File holding the bearer token for the TCP admin API (a line of the token file); without
+    /// it, the token is $SWITCHYARD_TOKEN.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// Print the proxy's JSON answer instead of a summary.
@@ -178,14 +182,148 @@ impl ChangeArgs {
     }
 }
 
-/// A failed ctl run: the message and the exit code.
+/// Exit code: the proxy refused (any 4xx or 5xx answer but 401/403), or a wait timed out.
+const EXIT_REFUSED: u8 = 1;
+/// Exit code: the command line (or the environment) is wrong.
+const EXIT_USAGE: u8 = 2;
+/// Exit code: the proxy could not be reached, did not answer, or refused the credentials.
+const EXIT_UNREACHABLE: u8 = 3;
+
+/// A failed ctl run: the exit code, the sentence for people, and the JSON document for
+/// `--json` (always with `error` and `code`).
 struct Failure {
-    code: u8,
+    exit: u8,
     message: String,
+    json: Value,
+}
+
+impl Failure {
+    /// A failure ctl itself detected; `code` is a stable word scripts may match on.
+    fn new(exit: u8, code: &str, message: String) -> Failure {
+        let sentence = message
+            .strip_prefix("error: ")
+            .unwrap_or(&message)
+            .to_string();
+        Failure {
+            exit,
+            json: json!({ "error": sentence, "code": code }),
+            message,
+        }
+    }
 }
 
 fn usage(message: String) -> Failure {
-    Failure { code: 2, message }
+    Failure::new(EXIT_USAGE, "usage", message)
+}
+
+fn unreachable(message: String) -> Failure {
+    Failure::new(EXIT_UNREACHABLE, "unreachable", message)
+}
+
+/// Where the admin API is: `--socket`/`--url`, else `$SWITCHYARD_SOCKET`/`$SWITCHYARD_URL`, else
+/// the default socket.
+enum Target {
+    Socket(PathBuf),
+    Url(String),
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn target(args: &CtlArgs) -> Result<Target, Failure> {
+    if let Some(s) = &args.socket {
+        return Ok(Target::Socket(s.clone()));
+    }
+    if let Some(u) = &args.url {
+        return Ok(Target::Url(u.clone()));
+    }
+    match (env("SWITCHYARD_SOCKET"), env("SWITCHYARD_URL")) {
+        (Some(_), Some(_)) => Err(usage(
+            "error: both SWITCHYARD_SOCKET and SWITCHYARD_URL are set; unset one, or choose with \
+             --socket or --url"
+                .into(),
+        )),
+        (Some(s), None) => Ok(Target::Socket(PathBuf::from(s))),
+        (None, Some(u)) => Ok(Target::Url(u)),
+        (None, None) => Ok(Target::Socket(PathBuf::from(ADMIN_SOCKET))),
+    }
+}
+
+/// The bearer token for the TCP admin API: `--token-file`, else `$SWITCHYARD_TOKEN`.
+fn token(args: &CtlArgs, url: &str) -> Result<String, Failure> {
+    if let Some(f) = &args.token_file {
+        return read_token(f);
+    }
+    env("SWITCHYARD_TOKEN")
+        .map(|t| t.trim().to_string())
+        .ok_or_else(|| {
+            usage(format!(
+                "error: the TCP admin API at {url} needs a token: pass --token-file FILE or set \
+                 SWITCHYARD_TOKEN"
+            ))
+        })
+}
+
+/// Rounds every non-integer number in `v` to 3 decimals, or 3 significant digits when smaller
+/// (0.000123): enough for rates, ratios and milliseconds, without binary noise such as
+/// `0.30000000000000004` for scripts to trip on. Integers (counts, generations) are untouched.
+pub fn round_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.is_finite() && *f != 0.0) {
+                let magnitude = f.abs().log10().floor() as i32;
+                let decimals = 3.max(2 - magnitude).min(15);
+                let scale = 10f64.powi(decimals);
+                if let Some(r) = serde_json::Number::from_f64((f * scale).round() / scale) {
+                    *n = r;
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(round_floats),
+        Value::Object(o) => o.values_mut().for_each(round_floats),
+        _ => {}
+    }
+}
+
+/// A routing state as history describes it (`blue`, `blue + green 5%`), as fields:
+/// `{primary, canary_pool, canary_bp}`; `None` for anything else (e.g. a reload's `?`).
+pub fn parse_route(text: &str) -> Option<Value> {
+    let valid = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    };
+    match text.split_once(" + ") {
+        None => valid(text).then(|| json!({"primary": text, "canary_pool": null, "canary_bp": 0})),
+        Some((primary, canary)) => {
+            let (pool, pct) = canary.rsplit_once(' ')?;
+            let pct: f64 = pct.strip_suffix('%')?.parse().ok()?;
+            (valid(primary) && valid(pool)).then(|| {
+                json!({"primary": primary, "canary_pool": pool,
+                       "canary_bp": (pct * 100.0).round() as u64})
+            })
+        }
+    }
+}
+
+/// `ctl history --json`: each entry's `from`/`to` become `{primary, canary_pool, canary_bp}`
+/// (null when the entry is not a routing change), the sentence stays in `from_text`/`to_text`.
+fn structure_history(v: &mut Value) {
+    for e in v.as_array_mut().into_iter().flatten() {
+        for (key, text_key) in [("from", "from_text"), ("to", "to_text")] {
+            if let Some(text) = e[key].as_str().map(str::to_string) {
+                e[key] = parse_route(&text).unwrap_or(Value::Null);
+                e[text_key] = json!(text);
+            }
+        }
+    }
+}
+
+/// The `--json` document of a success.
+fn json_out(mut v: Value) -> String {
+    round_floats(&mut v);
+    serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 /// Runs one ctl command.
@@ -197,7 +335,7 @@ pub fn run(args: CtlArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     match rt.block_on(execute(&args)) {
@@ -209,7 +347,10 @@ pub fn run(args: CtlArgs) -> ExitCode {
         }
         Err(f) => {
             eprintln!("{}", f.message);
-            ExitCode::from(f.code)
+            if args.json {
+                println!("{}", json_out(f.json));
+            }
+            ExitCode::from(f.exit)
         }
     }
 }
@@ -239,9 +380,12 @@ async fn execute(args: &CtlArgs) -> Result<String, Failure> {
         _ => {}
     }
     let (method, path, body) = request_for(&args.verb)?;
-    let answer = call(args, method, &path, body).await?;
+    let mut answer = call(args, method, &path, body).await?;
     if args.json {
-        return Ok(serde_json::to_string_pretty(&answer).unwrap_or_default());
+        if let Verb::History { .. } = args.verb {
+            structure_history(&mut answer);
+        }
+        return Ok(json_out(answer));
     }
     Ok(render(&args.verb, &answer))
 }
@@ -299,7 +443,7 @@ fn actor(args: &CtlArgs) -> Option<String> {
 }
 
 /// Sends one request to the admin API and returns its JSON answer, or a failure with exit code 1
-/// (the proxy refused) or 2 (unreachable, or not switchyard).
+/// (the proxy refused), 2 (bad --url) or 3 (unreachable, not switchyard, or unauthorised).
 async fn call(
     args: &CtlArgs,
     method: &str,
@@ -317,8 +461,8 @@ async fn call_within(
     body: Option<Value>,
     within: Duration,
 ) -> Result<Value, Failure> {
-    let (io, host, token): (Box<dyn Io>, String, Option<String>) = match &args.url {
-        Some(url) => {
+    let (io, host, token): (Box<dyn Io>, String, Option<String>) = match target(args)? {
+        Target::Url(url) => {
             let uri: hyper::Uri = url.parse().map_err(|_| {
                 usage(format!(
                     "error: --url `{url}` is not a URL like http://127.0.0.1:9902"
@@ -333,27 +477,23 @@ async fn call_within(
                 .authority()
                 .ok_or_else(|| usage(format!("error: --url `{url}` has no host:port")))?
                 .to_string();
-            let token_file = args
-                .token_file
-                .as_ref()
-                .expect("clap requires --token-file with --url");
-            let token = read_token(token_file)?;
+            let token = token(args, &url)?;
             let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(&authority))
                 .await
-                .map_err(|_| usage(format!("error: timed out connecting to {authority}")))?
+                .map_err(|_| unreachable(format!("error: timed out connecting to {authority}")))?
                 .map_err(|e| {
-                    usage(format!(
+                    unreachable(format!(
                         "error: cannot reach switchyard at {authority}: {e}; is it running with [admin] listen = \"{authority}\"?"
                     ))
                 })?;
             (Box::new(stream), authority, Some(token))
         }
-        None => {
-            let stream = tokio::net::UnixStream::connect(&args.socket).await.map_err(|e| {
-                usage(format!(
-                    "error: cannot reach switchyard at {}: {e}; is switchyard running? (looked for {}; use --socket PATH to point elsewhere)",
-                    args.socket.display(),
-                    args.socket.display()
+        Target::Socket(socket) => {
+            let stream = tokio::net::UnixStream::connect(&socket).await.map_err(|e| {
+                unreachable(format!(
+                    "error: cannot reach switchyard at {}: {e}; is switchyard running? (looked for {}; use --socket PATH or SWITCHYARD_SOCKET to point elsewhere)",
+                    socket.display(),
+                    socket.display()
                 ))
             })?;
             (Box::new(stream), "localhost".into(), None)
@@ -362,7 +502,7 @@ async fn call_within(
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
-            .map_err(|e| usage(format!("error: cannot talk HTTP to the admin API: {e}")))?;
+            .map_err(|e| unreachable(format!("error: cannot talk HTTP to the admin API: {e}")))?;
     tokio::spawn(conn);
 
     let mut req = hyper::Request::builder()
@@ -392,29 +532,39 @@ async fn call_within(
     let (status, bytes) = tokio::time::timeout(within, exchange)
         .await
         .map_err(|_| {
-            usage(format!(
+            unreachable(format!(
                 "error: no answer from the admin API within {within:?}"
             ))
         })?
-        .map_err(|e| usage(format!("error: the admin API connection failed: {e}")))?;
+        .map_err(|e| unreachable(format!("error: the admin API connection failed: {e}")))?;
     let answer: Value = serde_json::from_slice(&bytes).map_err(|_| {
-        usage(format!(
+        unreachable(format!(
             "error: the admin API answered {status} with something that is not JSON; is this a switchyard admin endpoint?"
         ))
     })?;
     if status >= 400 {
         let msg = answer["error"].as_str().unwrap_or("refused");
         let code = answer["code"].as_str().unwrap_or("unknown");
-        let message = if args.json {
-            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        let mut message = format!("refused ({status} {code}): {msg}");
+        for e in answer["errors"].as_array().into_iter().flatten() {
+            message.push_str(&format!("\n  {}", e.as_str().unwrap_or("?")));
+        }
+        let mut json = answer.clone();
+        if !json.is_object() {
+            json = json!({ "error": msg, "code": code });
+        }
+        json["http_status"] = json!(status);
+        // Credentials are not a refusal of this change: the script cannot get in at all.
+        let exit = if status == 401 {
+            EXIT_UNREACHABLE
         } else {
-            let mut m = format!("refused ({status} {code}): {msg}");
-            for e in answer["errors"].as_array().into_iter().flatten() {
-                m.push_str(&format!("\n  {}", e.as_str().unwrap_or("?")));
-            }
-            m
+            EXIT_REFUSED
         };
-        return Err(Failure { code: 1, message });
+        return Err(Failure {
+            exit,
+            message,
+            json,
+        });
     }
     Ok(answer)
 }
@@ -435,10 +585,7 @@ fn read_token(path: &PathBuf) -> Result<String, Failure> {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .ok_or_else(|| usage(format!("error: token file {} has no token", path.display())))?;
-    Ok(match line.split_once(':') {
-        Some((_, tok)) if !tok.is_empty() => tok.trim().to_string(),
-        _ => line.to_string(),
-    })
+    Ok(crate::admin::http::parse_token_line(line).2)
 }
 
 fn s(v: &Value) -> &str {
@@ -758,6 +905,9 @@ async fn watch(args: &CtlArgs, interval: Duration, count: u64) -> Result<String,
     loop {
         let a = status(args).await?;
         let frame = if args.json {
+            // One compact document per line (NDJSON), for `jq` or a log.
+            let mut a = a;
+            round_floats(&mut a);
             serde_json::to_string(&a).unwrap_or_default()
         } else {
             render_watch(&a)
@@ -892,20 +1042,37 @@ async fn wait_ready(
         if short.is_empty() {
             let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
             return Ok(if args.json {
-                serde_json::to_string_pretty(&json!({"ready": names})).unwrap_or_default()
+                json_out(json!({
+                    "ready": names,
+                    "waited_ms": start.elapsed().as_millis() as u64,
+                }))
             } else {
                 format!("ready: {}", names.join(", "))
             });
         }
         if start.elapsed() >= timeout {
-            return Err(Failure {
-                code: 1,
-                message: format!(
+            let mut f = Failure::new(
+                EXIT_REFUSED,
+                "not_ready",
+                format!(
                     "not ready within {timeout:?}: {}; check the backends' health endpoints \
                      (`switchyard ctl status` shows each backend)",
                     short.join("; ")
                 ),
-            });
+            );
+            f.json["pools"] = wanted
+                .iter()
+                .map(|(n, v)| {
+                    let counts = json!({
+                        "ready": v["ready"] == json!(true),
+                        "healthy": v["healthy"].as_u64().unwrap_or(0),
+                        "backends": v["backends"].as_array().map_or(0, Vec::len),
+                    });
+                    (n.clone(), counts)
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            return Err(f);
         }
         tokio::time::sleep(READY_POLL).await;
     }
@@ -933,13 +1100,17 @@ async fn wait_drained(args: &CtlArgs, pool: &str, timeout: Duration) -> Result<S
         }
         let weight = p["weight_bp"].as_u64().unwrap_or(0);
         if weight > 0 {
-            return Err(Failure {
-                code: 1,
-                message: format!(
+            let mut f = Failure::new(
+                EXIT_REFUSED,
+                "still_serving",
+                format!(
                     "{pool} still gets {} of new traffic; flip away from it (or set its canary to 0) before waiting for it to drain",
                     format_percent(weight as u32)
                 ),
-            });
+            );
+            f.json["pool"] = json!(pool);
+            f.json["weight_bp"] = json!(weight);
+            return Err(f);
         }
         let inflight = p["inflight"].as_u64().unwrap_or(0);
         let served = p["served"].as_u64().unwrap_or(0);
@@ -951,8 +1122,11 @@ async fn wait_drained(args: &CtlArgs, pool: &str, timeout: Duration) -> Result<S
         if let Some((t, _)) = quiet_since {
             if t.elapsed() >= DRAIN_QUIET {
                 return Ok(if args.json {
-                    serde_json::to_string_pretty(&json!({"pool": pool, "drained": true}))
-                        .unwrap_or_default()
+                    json_out(json!({
+                        "pool": pool,
+                        "drained": true,
+                        "waited_ms": start.elapsed().as_millis() as u64,
+                    }))
                 } else {
                     format!(
                         "{pool} is drained: nothing in flight, no new requests for {DRAIN_QUIET:?}"
@@ -961,13 +1135,17 @@ async fn wait_drained(args: &CtlArgs, pool: &str, timeout: Duration) -> Result<S
             }
         }
         if start.elapsed() >= timeout {
-            return Err(Failure {
-                code: 1,
-                message: format!(
+            let mut f = Failure::new(
+                EXIT_REFUSED,
+                "not_drained",
+                format!(
                     "{pool} did not drain within {timeout:?}: {inflight} request(s) still in flight; \
                      long requests or WebSockets may need more time (--timeout)"
                 ),
-            });
+            );
+            f.json["pool"] = json!(pool);
+            f.json["inflight"] = json!(inflight);
+            return Err(f);
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
@@ -1016,32 +1194,34 @@ async fn upgrade(
             }
         }
         if begun.elapsed() >= timeout {
-            return Err(Failure {
-                code: 1,
-                message: format!(
+            return Err(Failure::new(
+                EXIT_REFUSED,
+                "new_process_not_answering",
+                format!(
                     "the sockets were handed to pid {new_pid}, but it did not answer on the admin \
                      socket within {timeout:?}; check its log (e.g. `journalctl -u switchyard`)"
                 ),
-            });
+            ));
         }
         tokio::time::sleep(UPGRADE_POLL).await;
     };
     let now_gen = answered["generation"].as_u64().unwrap_or(0);
     if now_gen != generation {
-        return Err(Failure {
-            code: 1,
-            message: format!(
+        return Err(Failure::new(
+            EXIT_REFUSED,
+            "generation_mismatch",
+            format!(
                 "the new process (pid {new_pid}) answers at generation {now_gen}, but the old \
                  one froze at {generation}; check `switchyard ctl history`"
             ),
-        });
+        ));
     }
     let took = begun.elapsed();
     if args.json {
         let mut out = started.clone();
         out["serving_after_ms"] = json!(took.as_millis() as u64);
         out["status"] = answered;
-        return Ok(serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(json_out(out));
     }
     Ok(format!(
         "upgraded: pid {} -> {new_pid}, {} -> {}, generation {generation} ({}); the new process \
@@ -1054,4 +1234,46 @@ async fn upgrade(
         routing_line(&answered),
         took.as_secs_f64()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_are_rounded_and_integers_kept() {
+        let mut v = json!({
+            "rps": 149.73333333333332,
+            "error_ratio": 0.30000000000000004,
+            "small": 0.000123456,
+            "p99_ms": 4.4399999,
+            "zero": 0.0,
+            "served": 12345678901u64,
+            "list": [1.23456, {"x": -7.65432}],
+        });
+        round_floats(&mut v);
+        assert_eq!(
+            v.to_string(),
+            r#"{"error_ratio":0.3,"list":[1.235,{"x":-7.654}],"p99_ms":4.44,"rps":149.733,"served":12345678901,"small":0.000123,"zero":0.0}"#
+        );
+    }
+
+    #[test]
+    fn history_routes_parse_into_fields() {
+        assert_eq!(
+            parse_route("blue"),
+            Some(json!({"primary": "blue", "canary_pool": null, "canary_bp": 0}))
+        );
+        assert_eq!(
+            parse_route("blue + green 0.25%"),
+            Some(json!({"primary": "blue", "canary_pool": "green", "canary_bp": 25}))
+        );
+        assert_eq!(
+            parse_route("a + b 100%"),
+            Some(json!({"primary": "a", "canary_pool": "b", "canary_bp": 10000}))
+        );
+        assert_eq!(parse_route("?"), None);
+        assert_eq!(parse_route("blue + green"), None);
+        assert_eq!(parse_route(""), None);
+    }
 }

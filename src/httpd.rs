@@ -43,11 +43,14 @@ impl Listener {
     }
 
     /// Binds a unix socket at `path`, mode 0600, creating its directory (mode 0750) if missing.
+    /// With `group` (a gid, `[admin] socket_group`) the socket is mode 0660 and owned by that
+    /// group, so its members can use it; the directory must let them in (systemd's
+    /// `RuntimeDirectoryMode=0750` with `Group=` set to the group does).
     ///
     /// A stale socket left by a process that died is replaced; a live one (another switchyard
     /// answering on it) or a file that is not a socket is an error, never silently unlinked.
-    pub fn bind_unix(path: &Path) -> Result<Listener, UnixBindError> {
-        use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    pub fn bind_unix(path: &Path, group: Option<u32>) -> Result<Listener, UnixBindError> {
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
         let err = |reason: String| UnixBindError {
             path: path.to_path_buf(),
             reason,
@@ -80,8 +83,7 @@ impl Listener {
             Err(_) => {}
         }
         let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
+        restrict(path, group).map_err(err)?;
         l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
         Ok(Listener::Unix(l))
     }
@@ -105,8 +107,7 @@ impl Listener {
     /// Binds a unix socket at `path` even though a process answers on it: binds next to it and
     /// renames over it (atomic: a client connects to the old socket or the new one, never to
     /// nothing). Only for a process taking over from an old one that did not hand the socket on.
-    pub fn replace_unix(path: &Path) -> Result<Listener, UnixBindError> {
-        use std::os::unix::fs::PermissionsExt;
+    pub fn replace_unix(path: &Path, group: Option<u32>) -> Result<Listener, UnixBindError> {
         let err = |reason: String| UnixBindError {
             path: path.to_path_buf(),
             reason,
@@ -116,8 +117,7 @@ impl Listener {
         let tmp = std::path::PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
         let l = std::os::unix::net::UnixListener::bind(&tmp).map_err(|e| err(e.to_string()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
+        restrict(&tmp, group).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(|e| err(format!("cannot rename into place: {e}")))?;
         l.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
         Ok(Listener::Unix(l))
@@ -130,6 +130,41 @@ impl Listener {
             Listener::Unix(_) => None,
         }
     }
+}
+
+/// Mode 0600 on a freshly bound socket, or 0660 owned by `group` (`[admin] socket_group`).
+/// The group is set before its bits: no moment where another group may connect.
+fn restrict(path: &Path, group: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot set mode 0600: {e}"))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            format!(
+                "cannot give it to group {gid} ([admin] socket_group): {e}; switchyard must run \
+                 as root or as a member of that group"
+            )
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| format!("cannot set mode 0660: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The gid of group `name` (a name in `/etc/group`, or a number). `/etc/group` is read rather
+/// than NSS (`getgrnam`), which needs unsafe code; a group only in LDAP can be given by number.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != name {
+            return None;
+        }
+        fields.nth(1)?.trim().parse().ok()
+    })
 }
 
 /// A listening socket kept across binary upgrades in pingora's fd table, under `key`.
@@ -145,6 +180,8 @@ pub struct HandOver {
     prebound: Option<Listener>,
     /// The registered socket, kept open while the service lives.
     held: Option<Listener>,
+    /// A unix socket's group (`[admin] socket_group`), should it have to be bound here.
+    group: Option<u32>,
 }
 
 /// What a [`HandOver`] listens on.
@@ -168,7 +205,14 @@ impl HandOver {
             kind,
             prebound,
             held: None,
+            group: None,
         }
+    }
+
+    /// A unix socket bound by [`HandOver::open`] (not handed over) is shared with `group`.
+    pub fn with_group(mut self, group: Option<u32>) -> HandOver {
+        self.group = group;
+        self
     }
 
     /// The fd table key.
@@ -202,9 +246,8 @@ impl HandOver {
                             Kind::Tcp(addr) => {
                                 Listener::bind_tcp(*addr).map_err(|e| err(e.to_string()))?
                             }
-                            Kind::Unix(path) => {
-                                Listener::replace_unix(path).map_err(|e| err(e.reason))?
-                            }
+                            Kind::Unix(path) => Listener::replace_unix(path, self.group)
+                                .map_err(|e| err(e.reason))?,
                         }
                     }
                 };
@@ -472,4 +515,28 @@ pub fn json(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn unix_sockets_are_0600_or_0660_for_their_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let a = dir.path().join("a.sock");
+        let _a = Listener::bind_unix(&a, None).unwrap();
+        assert_eq!(mode(&a), 0o600);
+        // Tests run as root, which may give a file to any group; gid 1 is `daemon` on Debian.
+        let b = dir.path().join("b.sock");
+        let _b = Listener::bind_unix(&b, Some(1)).unwrap();
+        assert_eq!((mode(&b), std::fs::metadata(&b).unwrap().gid()), (0o660, 1));
+        let _c = Listener::replace_unix(&a, Some(1)).unwrap();
+        assert_eq!((mode(&a), std::fs::metadata(&a).unwrap().gid()), (0o660, 1));
+        assert_eq!(group_id("daemon"), Some(1));
+        assert_eq!(group_id("42"), Some(42));
+        assert_eq!(group_id("no-such-group-xyz"), None);
+    }
 }

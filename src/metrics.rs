@@ -668,8 +668,14 @@ impl pingora::services::Service for MetricsService {
         httpd::serve(
             listener,
             move |req, _peer| {
-                let resp = if req.uri().path() != "/metrics" {
-                    httpd::text(404, "not found; metrics are at /metrics\n")
+                let resp = if req.uri().path() == "/healthz" {
+                    // Liveness: this process serves HTTP; readiness of the pools is in /metrics.
+                    httpd::text(200, "ok\n")
+                } else if req.uri().path() != "/metrics" {
+                    httpd::text(
+                        404,
+                        "not found; metrics are at /metrics, liveness at /healthz\n",
+                    )
                 } else if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD
                 {
                     httpd::text(405, "GET /metrics\n")

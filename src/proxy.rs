@@ -309,6 +309,10 @@ pub struct RequestCtx {
     failed_backend: Option<usize>,
     connect_retries: u8,
     start: Instant,
+    /// When the last upstream attempt began (the peer was chosen), for the access log.
+    upstream_start: Option<Instant>,
+    /// From `upstream_start` to the upstream's response header, for the access log.
+    upstream_time: Option<std::time::Duration>,
 }
 
 /// The body of the 503 answered when neither pool has a healthy backend.
@@ -331,6 +335,8 @@ impl ProxyHttp for Proxy {
             failed_backend: None,
             connect_retries: 0,
             start: Instant::now(),
+            upstream_start: None,
+            upstream_time: None,
         }
     }
 
@@ -433,6 +439,10 @@ impl ProxyHttp for Proxy {
             ));
         };
         ctx.backend = Some(idx);
+        if route.table.settings.access_log {
+            // Only the access log reads it: no clock read per request otherwise.
+            ctx.upstream_start = Some(Instant::now());
+        }
         let mut peer = HttpPeer::new(pool.backends[idx].addr, false, String::new());
         let up = &route.table.settings.upstream;
         let opts = &mut peer.options;
@@ -497,6 +507,9 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(t) = ctx.upstream_start {
+            ctx.upstream_time = Some(t.elapsed());
+        }
         if let Some(route) = &ctx.route {
             if route.table.settings.response_header {
                 forwarding::mark_response(upstream_response, &self.pool_header_values[route.pool])?;
@@ -560,25 +573,31 @@ impl ProxyHttp for Proxy {
         if !access_log {
             return;
         }
+        // A field with nothing to say is left out (a `None` records nothing), never logged empty.
         let (pool, backend) = match &ctx.route {
             Some(r) => {
                 let pool = r.table.pool(r.pool);
-                let backend = ctx.backend.map(|b| pool.backends[b].addr.to_string());
-                (pool.name.as_str(), backend.unwrap_or_else(|| "-".into()))
+                let backend = ctx.backend.map(|b| pool.backends[b].addr);
+                (Some(pool.name.as_str()), backend)
             }
-            None => ("-", "-".into()),
+            None => (None, None),
         };
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let req = session.req_header();
         tracing::info!(
             target: "access",
-            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            client = session.client_addr().map(tracing::field::display),
             method = %req.method,
             path = %req.uri.path(),
             pool,
-            backend = %backend,
-            status,
-            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            backend = backend.map(tracing::field::display),
+            // 0: no response was written (the client left first).
+            status = (status != 0).then_some(status),
+            bytes_sent = session.body_bytes_sent() as u64,
+            bytes_received = session.body_bytes_read() as u64,
+            duration_ms = ms(ctx.start.elapsed()),
+            upstream_ms = ctx.upstream_time.map(ms),
+            error = e.map(|e| e.etype().as_str()),
         );
     }
 }

@@ -109,6 +109,25 @@ impl Plan {
             &opt_path(&old.admin.token_file),
             &opt_path(&new.admin.token_file),
         );
+        // The socket's group is set when it is bound; an upgrade hands the bound socket on.
+        d.restart(
+            "admin.socket_group",
+            &old.admin
+                .socket_group
+                .as_ref()
+                .map_or("none", |g| g.name.as_str()),
+            &new.admin
+                .socket_group
+                .as_ref()
+                .map_or("none", |g| g.name.as_str()),
+        );
+        // The log subscriber is installed once per process; a new process (upgrade) reads these.
+        d.restart(
+            "log.format",
+            &format!("{:?}", old.log.format).to_lowercase(),
+            &format!("{:?}", new.log.format).to_lowercase(),
+        );
+        d.restart("log.timestamps", &old.log.timestamps, &new.log.timestamps);
         d.restart(
             "metrics.listen",
             &opt(&old.metrics.listen),
@@ -245,7 +264,10 @@ impl Plan {
 /// Whether a key that cannot change in place cannot change through a binary upgrade either: the
 /// new process takes over the old one's admin socket, state directory and pools.
 pub fn restart_only(key: &str) -> bool {
-    key == "admin.socket" || key == "state.dir" || key.starts_with("pools.")
+    key == "admin.socket"
+        || key == "admin.socket_group"
+        || key == "state.dir"
+        || key.starts_with("pools.")
 }
 
 /// Sorts differences into the plan.

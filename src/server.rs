@@ -149,8 +149,12 @@ impl Switchyard {
             }
         }
         let socket = &config.admin.socket;
-        let prebound = fresh.then(|| Listener::bind_unix(socket)).transpose()?;
-        let mut admin_endpoints = vec![(HandOver::new(Kind::Unix(socket.clone()), prebound), None)];
+        let group = config.admin.socket_group.as_ref().map(|g| g.gid);
+        let prebound = fresh
+            .then(|| Listener::bind_unix(socket, group))
+            .transpose()?;
+        let unix = HandOver::new(Kind::Unix(socket.clone()), prebound).with_group(group);
+        let mut admin_endpoints = vec![(unix, None)];
         if let Some(addr) = config.admin.listen {
             let path = config
                 .admin
@@ -378,16 +382,27 @@ impl Switchyard {
     /// Runs until the shutdown signal; returns once the runtimes have stopped.
     pub fn run(self, args: RunArgs) {
         let c = &self.config;
+        let proxy = c
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let off = || "off".to_string();
+        let admin_listen = c.admin.listen.map_or_else(off, |a| a.to_string());
+        let metrics_listen = c.metrics.listen.map_or_else(off, |a| a.to_string());
+        // Every address this process answers on, as fields too (a JSON log carries them as keys).
         tracing::info!(
-            "switchyard {} listening on {}; primary pool {}; admin socket {}",
+            version = env!("CARGO_PKG_VERSION"),
+            proxy = %proxy,
+            admin_socket = %c.admin.socket.display(),
+            admin_listen = %admin_listen,
+            metrics_listen = %metrics_listen,
+            "switchyard {} listening on {proxy} (proxy), {} (admin socket), {admin_listen} (admin \
+             API), {metrics_listen} (metrics); primary pool {}",
             env!("CARGO_PKG_VERSION"),
-            c.listen
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.switchboard.pool_names()[self.switchboard.state().primary],
             c.admin.socket.display(),
+            self.switchboard.pool_names()[self.switchboard.state().primary],
         );
         self.server.run(args);
     }

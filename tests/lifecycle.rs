@@ -305,7 +305,7 @@ async fn ctl_exit_codes_and_json() {
     assert_eq!(out.status.code(), Some(2), "usage error");
 
     let out = ctl(&dir.path().join("nope.sock"), &["status"]);
-    assert_eq!(out.status.code(), Some(2), "unreachable");
+    assert_eq!(out.status.code(), Some(3), "unreachable");
     assert!(String::from_utf8_lossy(&out.stderr).contains("is switchyard running?"));
 
     let out = ctl(&s.socket, &["history", "-n", "5"]);

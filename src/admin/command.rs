@@ -82,6 +82,9 @@ pub enum AdminError {
         "unauthorized: send `Authorization: Bearer <token>` with a token from the admin token file"
     )]
     Unauthorized,
+    /// A `read` token asked for a change.
+    #[error("forbidden: the token `{token}` may only read (GET); use a token with write scope (a `NAME:TOKEN` line) to make changes")]
+    Forbidden { token: String },
     #[error("no such endpoint {0}; see GET /v1/status, POST /v1/flip, /v1/canary, /v1/promote, /v1/rollback, GET /v1/history")]
     NotFound(String),
     #[error("unknown pool `{name}`; the pools are {known}")]
@@ -118,6 +121,7 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => 400,
             AdminError::Unauthorized => 401,
+            AdminError::Forbidden { .. } => 403,
             AdminError::NotFound(_) | AdminError::UnknownPool { .. } => 404,
             AdminError::MethodNotAllowed { .. } => 405,
             AdminError::Conflict { .. } => 409,
@@ -134,6 +138,7 @@ impl AdminError {
         match self {
             AdminError::BadRequest(_) => "bad_request",
             AdminError::Unauthorized => "unauthorized",
+            AdminError::Forbidden { .. } => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::UnknownPool { .. } => "unknown_pool",
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",

@@ -33,14 +33,42 @@ pub const ACTOR_HEADER: &str = "x-switchyard-actor";
 /// Longest actor name kept from the header.
 const MAX_ACTOR_LEN: usize = 128;
 
-/// Bearer tokens for the TCP admin API, each with a name recorded as the actor.
+/// What a token may do: `read` calls GET endpoints only (dashboards, monitoring, `ctl status`),
+/// `write` calls everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Read,
+    Write,
+}
+
+/// One token file line: the token's name, its scope and the secret.
+///
+/// `NAME:SCOPE:TOKEN` (SCOPE `read` or `write`), `NAME:TOKEN` (write, as before scopes existed) or
+/// a bare `TOKEN` (named `admin`, write). The scope goes in the middle so that every older line
+/// keeps its meaning, except a `NAME:TOKEN` whose token itself starts with `read:` or `write:`.
+pub fn parse_token_line(line: &str) -> (String, Scope, String) {
+    let Some((name, rest)) = line
+        .split_once(':')
+        .filter(|(n, t)| !n.is_empty() && !t.is_empty())
+    else {
+        return ("admin".to_string(), Scope::Write, line.to_string());
+    };
+    let (scope, token) = match rest.split_once(':') {
+        Some(("read", tok)) if !tok.is_empty() => (Scope::Read, tok),
+        Some(("write", tok)) if !tok.is_empty() => (Scope::Write, tok),
+        _ => (Scope::Write, rest),
+    };
+    (name.trim().to_string(), scope, token.trim().to_string())
+}
+
+/// Bearer tokens for the TCP admin API, each with a name recorded as the actor and a scope.
 #[derive(Clone)]
-pub struct Tokens(Vec<(String, Vec<u8>)>);
+pub struct Tokens(Vec<(String, Scope, Vec<u8>)>);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secrets themselves.
-        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = self.0.iter().map(|(n, _, _)| n.as_str()).collect();
         write!(f, "Tokens({names:?})")
     }
 }
@@ -53,27 +81,25 @@ pub enum TokenError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("admin token file {0} has no token; put one token per line, optionally as NAME:TOKEN")]
+    #[error("admin token file {0} has no token; put one token per line, optionally as NAME:TOKEN or NAME:read:TOKEN")]
     Empty(PathBuf),
 }
 
 impl Tokens {
-    /// Reads a token file: one token per line, `NAME:TOKEN` or a bare `TOKEN` (named `admin`);
-    /// blank lines and `#` comments are ignored.
+    /// Reads a token file: one token per line (see [`parse_token_line`]); blank lines and `#`
+    /// comments are ignored.
     pub fn load(path: &Path) -> Result<Tokens, TokenError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let tokens: Vec<(String, Vec<u8>)> = text
+        let tokens: Vec<(String, Scope, Vec<u8>)> = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| match l.split_once(':') {
-                Some((name, tok)) if !name.is_empty() && !tok.is_empty() => {
-                    (name.trim().to_string(), tok.trim().as_bytes().to_vec())
-                }
-                _ => ("admin".to_string(), l.as_bytes().to_vec()),
+            .map(|l| {
+                let (name, scope, token) = parse_token_line(l);
+                (name, scope, token.into_bytes())
             })
             .collect();
         if tokens.is_empty() {
@@ -82,13 +108,13 @@ impl Tokens {
         Ok(Tokens(tokens))
     }
 
-    /// The name of the token `presented` matches. Every token is compared in constant time, and
-    /// all of them are compared, so timing reveals neither a prefix nor which token matched.
-    pub fn check(&self, presented: &[u8]) -> Option<&str> {
+    /// The name and scope of the token `presented` matches. Every token is compared in constant
+    /// time, and all of them are compared, so timing reveals neither a prefix nor which matched.
+    pub fn check(&self, presented: &[u8]) -> Option<(&str, Scope)> {
         let mut found = None;
-        for (name, token) in &self.0 {
+        for (name, scope, token) in &self.0 {
             if bool::from(token.as_slice().ct_eq(presented)) {
-                found = Some(name.as_str());
+                found = Some((name.as_str(), *scope));
             }
         }
         found
@@ -309,8 +335,12 @@ async fn route(
     req: Request<Incoming>,
     peer: Peer,
 ) -> Result<Reply, AdminError> {
-    let actor = authenticate(tokens.as_ref(), &req, &peer)?;
     let path = req.uri().path().to_string();
+    // Liveness for load balancers and monitors, which hold no token: it reveals nothing.
+    if path == "/v1/health" && req.method() == Method::GET {
+        return Ok(Reply::Health { ok: true });
+    }
+    let actor = authenticate(tokens.as_ref(), &req, &peer)?;
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
 
@@ -368,7 +398,13 @@ fn authenticate(
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
                 .ok_or(AdminError::Unauthorized)?;
-            let name = tokens.check(presented).ok_or(AdminError::Unauthorized)?;
+            let (name, scope) = tokens.check(presented).ok_or(AdminError::Unauthorized)?;
+            // Anything but a read is a change (or the upgrade): a read token may not.
+            if scope == Scope::Read && req.method() != Method::GET && req.method() != Method::HEAD {
+                return Err(AdminError::Forbidden {
+                    token: name.to_string(),
+                });
+            }
             format!("token:{name}")
         }
         None => match peer.uid {
@@ -657,10 +693,21 @@ mod tests {
     fn tokens_are_named_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t");
-        std::fs::write(&p, "# deployers\nci:abc123\nsecond-token\n").unwrap();
+        std::fs::write(
+            &p,
+            "# deployers\nci:abc123\nsecond-token\ngrafana:read:r34d\nbot:write:w:1\n",
+        )
+        .unwrap();
         let t = Tokens::load(&p).unwrap();
-        assert_eq!(t.check(b"abc123"), Some("ci"));
-        assert_eq!(t.check(b"second-token"), Some("admin"));
+        assert_eq!(t.check(b"abc123"), Some(("ci", Scope::Write)));
+        assert_eq!(t.check(b"second-token"), Some(("admin", Scope::Write)));
+        assert_eq!(t.check(b"r34d"), Some(("grafana", Scope::Read)));
+        assert_eq!(t.check(b"w:1"), Some(("bot", Scope::Write)));
+        // Not a scope: the old meaning (everything after the first colon) holds.
+        assert_eq!(
+            parse_token_line("ci:other:x"),
+            ("ci".into(), Scope::Write, "other:x".into())
+        );
         assert_eq!(t.check(b"abc12"), None);
         assert_eq!(t.check(b""), None);
         assert!(!format!("{t:?}").contains("abc123"));

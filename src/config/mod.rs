@@ -78,6 +78,16 @@ pub struct AdminConfig {
     /// Optional TCP admin listener; only with a token file.
     pub listen: Option<SocketAddr>,
     pub token_file: Option<PathBuf>,
+    /// `[admin] socket_group`: the socket is then mode 0660 and owned by this group (its gid),
+    /// so the members of a deploy group can use `ctl` without sudo.
+    pub socket_group: Option<SocketGroup>,
+}
+
+/// A group the admin socket is shared with, resolved when the config is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketGroup {
+    pub name: String,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -238,6 +248,28 @@ pub struct LogConfig {
     /// One line per request (pool, backend, status, duration). Off by default: at full load it
     /// costs more than the proxying itself, and metrics already carry the aggregate.
     pub access: bool,
+    /// `text` (one human line per event) or `json` (one JSON object per line, for shippers).
+    pub format: LogFormat,
+    /// Whether each line carries a timestamp; off under journald, which adds its own.
+    pub timestamps: bool,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            access: false,
+            format: LogFormat::Text,
+            timestamps: true,
+        }
+    }
 }
 
 /// Notification event names a webhook may subscribe to.

@@ -54,6 +54,7 @@ pub struct Admin {
     pub socket: Option<String>,
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -135,6 +136,8 @@ pub struct Server {
 #[derive(Default)]
 pub struct Log {
     pub access: Option<bool>,
+    pub format: Option<Spanned<String>>,
+    pub timestamps: Option<bool>,
 }
 
 #[derive(Default)]
@@ -163,6 +166,7 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
             socket: s.string(errs, "socket", PATH).map(Spanned::into_inner),
             listen: s.string(errs, "listen", ADDRESS),
             token_file: s.string(errs, "token_file", PATH),
+            socket_group: s.string(errs, "socket_group", "a group name such as \"deploy\""),
         }),
         metrics: r.section(errs, "metrics", |s, errs| Metrics {
             listen: s.string(errs, "listen", ADDRESS),
@@ -259,6 +263,8 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
         }),
         log: r.section(errs, "log", |s, errs| Log {
             access: s.bool(errs, "access"),
+            format: s.string(errs, "format", "\"text\" or \"json\""),
+            timestamps: s.bool(errs, "timestamps"),
         }),
         dns: r.section(errs, "dns", |s, errs| Dns {
             servers: s.strings(errs, "servers", ADDRESSES),

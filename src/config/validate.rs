@@ -203,6 +203,25 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .token_file
             .as_ref()
             .map(|f| PathBuf::from(f.get_ref())),
+        socket_group: admin_raw.socket_group.as_ref().and_then(|g| {
+            let name = g.get_ref().trim();
+            match crate::httpd::group_id(name) {
+                Some(gid) => Some(SocketGroup {
+                    name: name.to_string(),
+                    gid,
+                }),
+                None => {
+                    errs.at(
+                        g,
+                        format!(
+                            "[admin] socket_group: no group `{name}` in /etc/group; create it \
+                             (`groupadd {name}`), name another group, or give a numeric gid"
+                        ),
+                    );
+                    None
+                }
+            }
+        }),
     };
     // The server reads the tokens only for the TCP listener; without one the file is not used.
     if let (Some(_), Some(f)) = (&admin.listen, &admin_raw.token_file) {
@@ -606,8 +625,23 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             threads
         },
     };
+    let log_raw = raw.log.unwrap_or_default();
     let log = LogConfig {
-        access: raw.log.and_then(|l| l.access).unwrap_or(false),
+        access: log_raw.access.unwrap_or(false),
+        format: match log_raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                if let Some(f) = &log_raw.format {
+                    errs.at(
+                        f,
+                        format!("[log] format `{other}` is not one of \"text\", \"json\""),
+                    );
+                }
+                LogFormat::Text
+            }
+        },
+        timestamps: log_raw.timestamps.unwrap_or(true),
     };
     let d = raw.dns.unwrap_or_default();
     let dns = DnsConfig {
