@@ -134,11 +134,21 @@ async fn history_json_has_structured_routes_and_floats_are_rounded() {
     for _ in 0..20 {
         assert_eq!(get(proxy.addr, "/").await.text(), "green");
     }
-    let out = ctl(&sock, &["--json", "status"]);
-    assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let a: Value = serde_json::from_str(&text).unwrap();
-    assert!(a["pools"]["green"]["p99_ms"].is_number(), "{a}");
+    // Status counts completed seconds only: wait for the second that saw them to end.
+    let text = wait_for(
+        "status to show the requests' latency",
+        READY_DEADLINE,
+        || {
+            let out = ctl(&sock, &["--json", "status"]);
+            async move {
+                assert_eq!(out.status.code(), Some(0));
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let a: Value = serde_json::from_str(&text).unwrap();
+                a["pools"]["green"]["p99_ms"].is_number().then_some(text)
+            }
+        },
+    )
+    .await;
     for token in text.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-')) {
         if let Some((_, frac)) = token.split_once('.') {
             assert!(frac.len() <= 6, "`{token}` is not rounded in\n{text}");
