@@ -517,6 +517,17 @@ pub fn json(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+/// Waits for the shutdown broadcast. A service whose sockets are in pingora's fd table holds
+/// them (through its endpoints) until then: the table refers to them by number, and the next
+/// process of an upgrade gets them from it.
+pub async fn hold_until_shutdown(shutdown: &mut pingora::server::ShutdownWatch) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -694,13 +694,7 @@ impl pingora::services::Service for MetricsService {
             stop,
         )
         .await;
-        // The socket stays open (held by the endpoint) until the server stops: pingora's fd
-        // table refers to it by number.
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
+        httpd::hold_until_shutdown(&mut shutdown).await;
     }
 
     fn name(&self) -> &str {

@@ -102,14 +102,7 @@ async fn a_pool_follows_its_dns_name_and_keeps_it_through_an_outage() {
     let names = &st["pools"]["green"]["dns"];
     assert_eq!(names[0]["name"], format!("{NAME}:{port}"));
     assert!(names[0]["resolved_at"].is_string(), "{names}");
-    let (code, _) = admin(
-        &proxy.socket(),
-        "POST",
-        "/v1/flip",
-        Some(json!({"to": "green"})),
-    )
-    .await;
-    assert_eq!(code, 200);
+    proxy.flip("green").await;
 
     // Steady load on green from here on.
     let stop = Arc::new(AtomicBool::new(false));
@@ -220,14 +213,7 @@ async fn a_short_ttl_is_honoured_and_dns_never_empties_the_live_pool() {
         dns.addr, blue.addr
     );
     let proxy = Proxy::start(&toml).await;
-    let (code, _) = admin(
-        &proxy.socket(),
-        "POST",
-        "/v1/flip",
-        Some(json!({"to": "green"})),
-    )
-    .await;
-    assert_eq!(code, 200);
+    proxy.flip("green").await;
 
     dns.set(NAME, &[ip(2), ip(3)], 1);
     let t = Instant::now();

@@ -69,14 +69,7 @@ async fn reloads_every_200ms_under_load_drop_nothing_and_respect_health() {
     let list_a = [g1.addr, g2.addr];
     let list_b = [g2.addr, g3.addr];
     let proxy = Proxy::start(&pools(&[blue.addr], &list_a, "")).await;
-    let (code, _) = admin(
-        &proxy.socket(),
-        "POST",
-        "/v1/flip",
-        Some(json!({"to": "green"})),
-    )
-    .await;
-    assert_eq!(code, 200);
+    proxy.flip("green").await;
 
     let names = Arc::new(
         [(g1.addr, "g1"), (g2.addr, "g2"), (g3.addr, "g3")]
@@ -233,14 +226,7 @@ async fn a_reload_never_leaves_the_live_pool_without_healthy_backends() {
     let g4 = Upstream::start("g4").await;
     g4.set_healthy(false);
     let proxy = Proxy::start(&pools(&[blue.addr], &[g1.addr], "")).await;
-    let (code, _) = admin(
-        &proxy.socket(),
-        "POST",
-        "/v1/flip",
-        Some(json!({"to": "green"})),
-    )
-    .await;
-    assert_eq!(code, 200);
+    proxy.flip("green").await;
 
     // Traffic all along: the live pool must never answer 503.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -186,13 +186,7 @@ impl pingora::services::Service for AdminService {
         for t in tasks {
             let _ = t.await;
         }
-        // Keep the sockets (held by the endpoints) open until the server stops: pingora's fd
-        // table refers to them by number.
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
+        httpd::hold_until_shutdown(&mut shutdown).await;
     }
 
     fn name(&self) -> &str {

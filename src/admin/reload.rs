@@ -24,7 +24,7 @@ use crate::health::{self, WarmUp};
 use crate::pools::{Backend, Pool};
 use crate::preview::PreviewKey;
 use crate::reload::{Membership, Plan, Setting};
-use crate::routing::RoutingTable;
+use crate::routing::{RouteState, RoutingTable};
 use crate::settings::ProxySettings;
 use crate::state::{self, HistoryEntry};
 
@@ -208,24 +208,19 @@ impl Admin {
             .filter(|(_, m)| !m.is_empty())
             .map(|(n, m)| (n.clone(), m.clone()))
             .collect();
-        let entry = HistoryEntry {
-            ts: state::now_rfc3339(),
-            generation: st.generation,
-            action: RELOAD.into(),
-            from: state::describe(&st, &names),
-            to: state::describe(&st, &names),
-            actor: actor.to_string(),
+        let entry = reload_entry(
+            &st,
+            &names,
+            actor,
             reason,
-            result: "ok".into(),
-            forced: false,
-            trigger: None,
-            detail: Some(serde_json::json!({
+            "ok",
+            serde_json::json!({
                 "summary": summary,
                 "pools": pool_changes,
                 "settings": changes,
                 "file": self.config_path.as_ref().map(|p| p.display().to_string()),
-            })),
-        };
+            }),
+        );
         tracing::info!(
             actor,
             "configuration reloaded in {applied_us} us: {summary}"
@@ -391,22 +386,42 @@ impl Admin {
             AdminError::Unprocessable { details, .. } => details.clone(),
             _ => Vec::new(),
         };
-        let entry = HistoryEntry {
-            ts: state::now_rfc3339(),
-            generation: st.generation,
-            action: RELOAD.into(),
-            from: state::describe(&st, &names),
-            to: state::describe(&st, &names),
-            actor: actor.to_string(),
+        let entry = reload_entry(
+            &st,
+            &names,
+            actor,
             reason,
-            result: e.code().to_string(),
-            forced: false,
-            trigger: None,
-            detail: Some(serde_json::json!({ "summary": e.to_string(), "errors": details })),
-        };
+            e.code(),
+            serde_json::json!({ "summary": e.to_string(), "errors": details }),
+        );
         // Taken briefly so the history line does not interleave with a change's.
         let _ledger = self.lock_ledger();
         self.record(entry, RELOAD);
+    }
+}
+
+/// The history line of a reload: the routing is as it was, so `from` and `to` are the same, and
+/// `detail` says what changed (or why nothing did).
+fn reload_entry(
+    st: &RouteState,
+    names: &[String],
+    actor: &str,
+    reason: Option<String>,
+    result: &str,
+    detail: serde_json::Value,
+) -> HistoryEntry {
+    HistoryEntry {
+        ts: state::now_rfc3339(),
+        generation: st.generation,
+        action: RELOAD.into(),
+        from: state::describe(st, names),
+        to: state::describe(st, names),
+        actor: actor.to_string(),
+        reason,
+        result: result.to_string(),
+        forced: false,
+        trigger: None,
+        detail: Some(detail),
     }
 }
 

@@ -465,6 +465,13 @@ impl Proxy {
         std::fs::rename(&tmp, &self.config_file).expect("replace the config file");
     }
 
+    /// Flips to `to` through the admin socket and checks that it was applied.
+    pub async fn flip(&self, to: &str) {
+        let body = serde_json::json!({ "to": to });
+        let (code, reply) = admin(&self.socket(), "POST", "/v1/flip", Some(body)).await;
+        assert_eq!(code, 200, "flip to {to}: {reply}");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
