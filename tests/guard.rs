@@ -469,6 +469,9 @@ async fn a_slow_canary_breaches_max_p99() {
     )
     .await;
     load.stop().await;
+    // The switchboard shows the rollback before its history line is written (the change lock is
+    // still held); status takes that lock, so after it the line is there.
+    let _ = status(&proxy).await;
     let h = history(&proxy).await;
     assert_eq!(h[0]["trigger"], "guard");
     let reason = h[0]["reason"].as_str().unwrap();
