@@ -1,13 +1,10 @@
-//! Durable state: `state.json` (the live routing) and `history.jsonl` (the audit trail).
-//!
-//! A change is acknowledged only once `state.json` has been written to a temporary file, fsynced,
-//! renamed over the old one and the directory fsynced: after a crash or `kill -9` the file holds
-//! either the old state or the new one, never a torn mix. History is append-only JSON lines, one per
-//! change, each fsynced; it is the record of who changed what, when and why.
+//! What the routing state and its history look like when stored: the `state.json` document
+//! ([`StateFile`]), one history line ([`HistoryEntry`]), what a store found at start-up
+//! ([`Loaded`]) and the words used to describe a state. Where they are stored is
+//! [`crate::store`]'s business.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -15,8 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::rollout::RolloutFile;
 use crate::routing::{PoolId, RouteState};
 
-const STATE_FILE: &str = "state.json";
-const HISTORY_FILE: &str = "history.jsonl";
 /// Bumped if the file format changes incompatibly.
 pub const STATE_VERSION: u32 = 1;
 
@@ -122,179 +117,9 @@ pub struct StoreError {
     pub committed: bool,
 }
 
-/// The state directory.
-#[derive(Debug, Clone)]
-pub struct StateStore {
-    dir: PathBuf,
-}
-
 /// Now, as RFC 3339 with milliseconds (UTC).
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-impl StateStore {
-    pub fn new(dir: &Path) -> StateStore {
-        StateStore {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
-    }
-
-    pub fn history_path(&self) -> PathBuf {
-        self.dir.join(HISTORY_FILE)
-    }
-
-    /// Reads `state.json`, checking it against the configured pool names. A corrupt file is
-    /// moved aside (never deleted: an operator may want to read it).
-    pub fn load(&self, pool_names: &[String]) -> Loaded {
-        let path = self.state_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Missing,
-            Err(e) => return self.move_aside(format!("cannot read it: {e}")),
-        };
-        let file: StateFile = match serde_json::from_str(&text) {
-            Ok(f) => f,
-            Err(e) => return self.move_aside(format!("it is not valid state JSON: {e}")),
-        };
-        if file.version != STATE_VERSION {
-            return self.move_aside(format!(
-                "it has version {}, this switchyard writes version {STATE_VERSION}",
-                file.version
-            ));
-        }
-        if file.route.canary_bp > crate::config::MAX_BP {
-            return self.move_aside(format!("canary_bp {} is above 10000", file.route.canary_bp));
-        }
-        let find = |r: &StoredRoute| pool_names.iter().position(|n| *n == r.primary);
-        let Some(primary) = find(&file.route) else {
-            return Loaded::Mismatch {
-                file_pools: file.route.primary.clone(),
-            };
-        };
-        let previous = file.previous.as_ref().and_then(|p| {
-            find(p).map(|primary| RouteState {
-                primary,
-                canary_bp: p.canary_bp.min(crate::config::MAX_BP),
-                generation: p.generation,
-            })
-        });
-        Loaded::Valid {
-            state: RouteState {
-                primary,
-                canary_bp: file.route.canary_bp,
-                generation: file.route.generation,
-            },
-            previous,
-            since: file.since,
-            salt: file.salt,
-            rollout: file.rollout,
-            watch: file.watch,
-        }
-    }
-
-    fn move_aside(&self, error: String) -> Loaded {
-        let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
-            .to_string()
-            .replace(':', "");
-        let moved_to = self.dir.join(format!("{STATE_FILE}.corrupt-{stamp}"));
-        if let Err(e) = fs::rename(self.state_path(), &moved_to) {
-            return Loaded::Corrupt {
-                error: format!("{error}; moving it aside also failed: {e}"),
-                moved_to,
-            };
-        }
-        Loaded::Corrupt { error, moved_to }
-    }
-
-    /// Writes `state.json` durably: temp file, fsync, rename, fsync of the directory.
-    pub fn save(&self, file: &StateFile) -> Result<(), StoreError> {
-        let path = self.state_path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let err = |source| StoreError {
-            path: path.clone(),
-            source,
-            committed: false,
-        };
-        let mut json = serde_json::to_vec_pretty(file).expect("state serialises");
-        json.push(b'\n');
-        let mut f = File::create(&tmp).map_err(err)?;
-        f.write_all(&json).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(err)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StoreError {
-                path: path.clone(),
-                source,
-                committed: true,
-            })?;
-        Ok(())
-    }
-
-    /// Appends one entry to `history.jsonl` and fsyncs it.
-    pub fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
-        let path = self.history_path();
-        let err = |source| StoreError {
-            path: path.clone(),
-            source,
-            committed: false,
-        };
-        let mut line = serde_json::to_vec(entry).expect("history serialises");
-        line.push(b'\n');
-        let mut f = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(err)?;
-        // A crash mid-append can leave a line without its newline; start a fresh line so the torn
-        // one does not swallow this entry too.
-        let len = f.metadata().map_err(err)?.len();
-        if len > 0 {
-            use std::os::unix::fs::FileExt;
-            let mut last = [0u8; 1];
-            f.read_exact_at(&mut last, len - 1).map_err(err)?;
-            if last[0] != b'\n' {
-                line.insert(0, b'\n');
-            }
-        }
-        f.write_all(&line).map_err(err)?;
-        f.sync_data().map_err(err)?;
-        Ok(())
-    }
-
-    /// The newest `limit` history entries, newest first. Lines that do not parse (e.g. a line
-    /// torn by a crash mid-append) are skipped.
-    ///
-    /// Lines are split on raw bytes, so even a line torn mid-character is skipped alone rather
-    /// than hiding everything after it.
-    pub fn read_history(&self, limit: usize) -> io::Result<Vec<HistoryEntry>> {
-        let bytes = match fs::read(self.history_path()) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        Ok(bytes
-            .split(|&b| b == b'\n')
-            .rev()
-            .filter_map(|l| serde_json::from_slice(l).ok())
-            .take(limit)
-            .collect())
-    }
-
-    /// The generation of the newest history entry (0 when there is none).
-    pub fn last_generation(&self) -> u64 {
-        self.read_history(1)
-            .ok()
-            .and_then(|h| h.first().map(|e| e.generation))
-            .unwrap_or(0)
-    }
 }
 
 /// A route as stored, with pool names.
@@ -335,110 +160,6 @@ pub fn format_percent(bp: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names() -> Vec<String> {
-        vec!["blue".into(), "green".into()]
-    }
-
-    fn file(primary: &str, generation: u64) -> StateFile {
-        StateFile {
-            version: STATE_VERSION,
-            route: StoredRoute {
-                primary: primary.into(),
-                canary_bp: 0,
-                generation,
-            },
-            since: now_rfc3339(),
-            previous: None,
-            salt: Some(7),
-            rollout: None,
-            watch: None,
-        }
-    }
-
-    #[test]
-    fn save_then_load_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        assert!(matches!(store.load(&names()), Loaded::Missing));
-        store.save(&file("green", 7)).unwrap();
-        match store.load(&names()) {
-            Loaded::Valid { state, .. } => {
-                assert_eq!(state.primary, 1);
-                assert_eq!(state.generation, 7);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(!dir.path().join("state.json.tmp").exists());
-    }
-
-    #[test]
-    fn a_truncated_file_is_moved_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        fs::write(store.state_path(), "{\"version\": 1, \"route\": {\"prim").unwrap();
-        match store.load(&names()) {
-            Loaded::Corrupt { moved_to, .. } => {
-                assert!(moved_to.exists());
-                assert!(!store.state_path().exists());
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn unknown_pools_are_a_mismatch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        store.save(&file("purple", 3)).unwrap();
-        assert!(matches!(store.load(&names()), Loaded::Mismatch { .. }));
-        assert!(
-            store.state_path().exists(),
-            "a mismatched file is left in place"
-        );
-    }
-
-    #[test]
-    fn history_reads_newest_first_and_skips_torn_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        for g in 1..=5 {
-            store
-                .append_history(&HistoryEntry {
-                    ts: now_rfc3339(),
-                    generation: g,
-                    action: "flip".into(),
-                    from: "blue".into(),
-                    to: "green".into(),
-                    actor: "uid:0".into(),
-                    reason: None,
-                    result: "ok".into(),
-                    forced: false,
-                    trigger: None,
-                    detail: None,
-                })
-                .unwrap();
-        }
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(store.history_path())
-            .unwrap();
-        f.write_all(b"{\"ts\": \"torn").unwrap();
-        let h = store.read_history(3).unwrap();
-        assert_eq!(
-            h.iter().map(|e| e.generation).collect::<Vec<_>>(),
-            [5, 4, 3]
-        );
-        // The next entry after a torn line still lands on a line of its own.
-        let mut next = h[0].clone();
-        next.generation = 6;
-        store.append_history(&next).unwrap();
-        let h = store.read_history(10).unwrap();
-        assert_eq!(
-            h.iter().map(|e| e.generation).collect::<Vec<_>>(),
-            [6, 5, 4, 3, 2, 1]
-        );
-    }
 
     #[test]
     fn percentages_read_naturally() {

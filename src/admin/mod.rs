@@ -6,21 +6,26 @@
 //! example).
 //!
 //! A change is: check → build the new [`RouteState`] → one atomic store into the
-//! [`Switchboard`] → write `state.json` durably → append to history → acknowledge. If the state
-//! file cannot be written the store is undone and the call fails, so an acknowledged change is
+//! [`Switchboard`] → save it durably in the state store → append to history → acknowledge. If the
+//! state cannot be saved the swap is undone and the call fails, so an acknowledged change is
 //! always a durable one and a failed call leaves the state exactly as it was. Changes serialise on
 //! one mutex; the request path never touches it.
 //!
-//! Where things are: this file decides and makes a change durable ([`Admin::handle`],
-//! `apply`); `command` holds the vocabulary (commands, replies, errors); `view` builds the
-//! status every client shows; `watch` is the guard and rollout loop; `reload` applies a new
-//! configuration or new DNS members; `handover` freezes changes during a binary upgrade; [`http`]
-//! is the wire.
+//! Where things are: this file decides what each command changes ([`Admin::handle`]);
+//! `ledger` holds the bookkeeping and `apply`, the one path by which a change is swapped in,
+//! made durable in the store ([`crate::store`]) and recorded; `gate` is the health gate; `start`
+//! restores the state at start-up; `command` holds the vocabulary (commands, replies, errors);
+//! `view` builds the status every client shows; `watch` is the guard and rollout loop; `reload`
+//! applies a new configuration or new DNS members; `handover` freezes changes during a binary
+//! upgrade; [`http`] is the wire.
 
 mod command;
+mod gate;
 mod handover;
 pub mod http;
+mod ledger;
 mod reload;
+mod start;
 mod view;
 mod watch;
 
@@ -28,12 +33,13 @@ pub use command::{
     AdminCommand, AdminError, Change, ChangeOpts, PreviewCookie, Reply, DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
 };
+pub use ledger::action;
+use ledger::{save_failed, Ledger, Spec, ACTOR_GUARD, ACTOR_ROLLOUT};
 pub use reload::Reloaded;
 pub use view::{
     BackendStatus, GuardJudgement, GuardStatus, GuardWatch, PoolStatus, RolloutStatus, Status,
 };
 pub use watch::{GuardService, WatchKind};
-use watch::{Judgement, Watch};
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -46,24 +52,12 @@ use crate::config::{Config, MAX_BP};
 use crate::dns::Names;
 use crate::health::HealthControl;
 use crate::metrics::Metrics;
-use crate::notify::{Event, Notifier};
-use crate::pools::Pool;
+use crate::notify::Notifier;
 use crate::preview::{PreviewKey, PREVIEW_COOKIE};
 use crate::rollout::{steps_to_bp, Rollout};
 use crate::routing::{other, PoolId, RouteState, Switchboard};
-use crate::settings::ProxySettings;
-use crate::state::{self, HistoryEntry, Loaded, StateFile, StateStore, StoreError};
-
-/// The mutable bookkeeping behind changes; guarded by the change mutex.
-#[derive(Debug)]
-struct Ledger {
-    /// What `rollback` returns to.
-    previous: Option<RouteState>,
-    since: String,
-    watch: Option<Watch>,
-    rollout: Option<Rollout>,
-    judgement: Option<Judgement>,
-}
+use crate::state::{self, HistoryEntry};
+use crate::store::Store;
 
 /// The admin handler: owns the switchboard's writes, the state file, the history, the guard's
 /// verdicts and the rollout's progress.
@@ -80,7 +74,8 @@ pub struct Admin {
     health: Arc<HealthControl>,
     /// Backend names and what they resolve to.
     dns: Arc<Names>,
-    store: StateStore,
+    /// Where the routing state and history are kept (crate::store).
+    store: Box<dyn Store>,
     names: Vec<String>,
     /// Serialises changes: check, swap and persist happen as one step per change.
     ledger: Mutex<Ledger>,
@@ -106,67 +101,7 @@ pub struct AdminParts {
     pub config_path: Option<PathBuf>,
 }
 
-/// The action names recorded in history and counted in metrics.
-pub mod action {
-    pub const FLIP: &str = "flip";
-    pub const CANARY: &str = "canary";
-    pub const PROMOTE: &str = "promote";
-    pub const ROLLBACK: &str = "rollback";
-    pub const ROLLOUT: &str = "rollout";
-}
-
-/// Who made a change the process made itself.
-const ACTOR_GUARD: &str = "guard";
-const ACTOR_ROLLOUT: &str = "rollout";
-
-/// How one change is recorded and gated.
-struct Spec<'a> {
-    /// The history `action`, and the notification event kind.
-    action: &'a str,
-    event: &'a str,
-    actor: &'a str,
-    opts: ChangeOpts,
-    trigger: Option<&'a str>,
-    detail: Option<serde_json::Value>,
-    /// Part of a rollout (its steps, its end) or the guard: allowed while a rollout runs.
-    automatic: bool,
-    /// Skip the health gate without calling it forced (the guard's rollbacks).
-    skip_gate: bool,
-    /// Record even when the weights do not move (a rollout starting at the current weight).
-    always: bool,
-}
-
-impl<'a> Spec<'a> {
-    fn manual(action: &'a str, actor: &'a str, opts: ChangeOpts) -> Spec<'a> {
-        Spec {
-            action,
-            event: action,
-            actor,
-            opts,
-            trigger: (action == action::ROLLBACK).then_some("manual"),
-            detail: None,
-            automatic: false,
-            skip_gate: false,
-            always: false,
-        }
-    }
-
-    fn rollout(action: &'a str, actor: &'a str, opts: ChangeOpts, step: String) -> Spec<'a> {
-        Spec {
-            action,
-            event: action::ROLLOUT,
-            actor,
-            opts,
-            trigger: None,
-            detail: Some(serde_json::json!({ "step": step })),
-            automatic: true,
-            skip_gate: false,
-            always: true,
-        }
-    }
-}
-
-fn rollout_running(r: &Rollout, names: &[String]) -> AdminError {
+pub(super) fn rollout_running(r: &Rollout, names: &[String]) -> AdminError {
     AdminError::Conflict {
         code: "rollout_running",
         message: format!(
@@ -188,169 +123,6 @@ fn no_rollout() -> AdminError {
 }
 
 impl Admin {
-    /// Restores the routing state from the state directory (a valid file wins over
-    /// `initial_primary`), logs which won, and builds the switchboard. A saved rollout resumes
-    /// at its step, whose wait starts over.
-    ///
-    /// When the state did not come whole from the file (first start, an unusable file, or a file
-    /// from before sticky hashing), the state file is written now, so the sticky-hash salt is
-    /// durable from the first request and an unwritable state directory is found at start-up
-    /// rather than at the first flip.
-    pub fn start(
-        config: &Config,
-        parts: AdminParts,
-    ) -> Result<(Arc<Switchboard>, Admin), StoreError> {
-        let AdminParts {
-            metrics,
-            preview,
-            notifier,
-            health,
-            dns,
-            config_path,
-        } = parts;
-        let store = StateStore::new(&config.state.dir);
-        let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
-        // Generations keep counting from the history even when the state file is lost, so
-        // `if_generation` and the audit trail never see a number twice.
-        let last_recorded = store.last_generation();
-        let initial = RouteState {
-            primary: config.routing.initial_primary,
-            canary_bp: 0,
-            generation: last_recorded,
-        };
-        let now = Instant::now();
-        let mut salt = None;
-        let mut rollout = None;
-        let mut saved_watch = None;
-        let (state, previous, since) = match store.load(&names) {
-            Loaded::Valid {
-                state,
-                previous,
-                since,
-                salt: saved,
-                rollout: saved_rollout,
-                watch,
-            } => {
-                salt = saved;
-                saved_watch = watch.and_then(|w| Watch::from_file(&w, &names, now));
-                rollout = saved_rollout.and_then(|r| Rollout::from_file(&r, &names, now));
-                tracing::info!(
-                    "state file {} wins over initial_primary: live is {} (generation {})",
-                    store.state_path().display(),
-                    state::describe(&state, &names),
-                    state.generation
-                );
-                if let Some(r) = &rollout {
-                    tracing::info!(
-                        "resuming the rollout to {} at step {} of {} ({}); the step's wait starts over",
-                        names[r.to],
-                        r.step + 1,
-                        r.steps.len(),
-                        state::format_percent(r.weight())
-                    );
-                }
-                (state, previous, since)
-            }
-            Loaded::Missing => {
-                tracing::info!(
-                    "no state file at {}; starting from the config: {} is primary",
-                    store.state_path().display(),
-                    names[initial.primary]
-                );
-                (initial, None, state::now_rfc3339())
-            }
-            Loaded::Mismatch { file_pools } => {
-                tracing::warn!(
-                    "state file {} names pool `{file_pools}`, which the config does not have; \
-                     ignoring it and starting with {} as primary",
-                    store.state_path().display(),
-                    names[initial.primary]
-                );
-                (initial, None, state::now_rfc3339())
-            }
-            Loaded::Corrupt { error, moved_to } => {
-                tracing::error!(
-                    "STATE FILE UNREADABLE: {} ({error}); moved it to {} and started from the \
-                     config with {} as primary — check that this is the colour you want live",
-                    store.state_path().display(),
-                    moved_to.display(),
-                    names[initial.primary]
-                );
-                (initial, None, state::now_rfc3339())
-            }
-        };
-        if state.generation > last_recorded {
-            // The process died between writing state.json and appending to history: the change
-            // is durable and live, so say so in the audit trail rather than leave a gap.
-            let entry = HistoryEntry {
-                ts: state::now_rfc3339(),
-                generation: state.generation,
-                action: "recovered".into(),
-                from: "?".into(),
-                to: state::describe(&state, &names),
-                actor: "switchyard".into(),
-                reason: Some(format!(
-                    "state.json is at generation {} but history stops at {last_recorded}: the \
-                     process stopped between the two writes; this is the state now live",
-                    state.generation
-                )),
-                result: "ok".into(),
-                forced: false,
-                trigger: None,
-                detail: None,
-            };
-            if let Err(e) = store.append_history(&entry) {
-                tracing::error!("cannot record the recovered state in history: {e}");
-            }
-        }
-        let fresh_salt = salt.is_none();
-        let salt = salt.unwrap_or_else(rand::random);
-        if fresh_salt {
-            store.save(&StateFile {
-                version: state::STATE_VERSION,
-                route: state::stored(&state, &names),
-                since: since.clone(),
-                previous: previous.map(|p| state::stored(&p, &names)),
-                salt: Some(salt),
-                rollout: None,
-                watch: None,
-            })?;
-        }
-        // The saved watch goes on where it was; a canary saved without one (a file from before
-        // watches were saved) is watched from now.
-        let watch = saved_watch.or((state.canary_bp > 0).then_some(Watch {
-            pool: state.canary_pool(),
-            kind: WatchKind::Canary,
-            since: now,
-            until: None,
-        }));
-        let settings = ProxySettings::from_config(config, preview);
-        let pools = Pool::with_config(config, &reload::members_with(config, &dns, &Vec::new()));
-        let switchboard = Arc::new(Switchboard::with_pools(pools, state, salt, settings));
-        let admin = Admin {
-            switchboard: switchboard.clone(),
-            metrics,
-            notifier,
-            config: ArcSwap::from_pointee(config.clone()),
-            config_path,
-            health,
-            dns,
-            store,
-            names,
-            ledger: Mutex::new(Ledger {
-                previous,
-                since,
-                watch,
-                rollout,
-                judgement: None,
-            }),
-            reloads: Mutex::new(()),
-            dns_held: Mutex::new(None),
-            frozen: AtomicBool::new(false),
-        };
-        Ok((switchboard, admin))
-    }
-
     pub fn switchboard(&self) -> &Arc<Switchboard> {
         &self.switchboard
     }
@@ -385,7 +157,7 @@ impl Admin {
                 .map_err(|e| {
                     AdminError::Internal(format!(
                         "cannot read {}: {e}",
-                        self.store.history_path().display()
+                        self.store.history_location()
                     ))
                 }),
             AdminCommand::Reload { reason } => self.reload(actor, reason),
@@ -621,12 +393,6 @@ impl Admin {
         }))
     }
 
-    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        // A panic while holding the lock cannot leave the ledger half-written in a way that
-        // matters (it is rewritten whole on every change), so carry on with the data.
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn pool(&self, name: &str) -> Result<PoolId, AdminError> {
         self.names
             .iter()
@@ -636,206 +402,15 @@ impl Admin {
                 known: self.names.join(" and "),
             })
     }
-
-    /// Writes `state.json` for `route` and the ledger's rollout.
-    fn save(&self, ledger: &Ledger, route: RouteState, since: &str) -> Result<(), StoreError> {
-        self.store.save(&StateFile {
-            version: state::STATE_VERSION,
-            route: state::stored(&route, &self.names),
-            since: since.to_string(),
-            previous: ledger.previous.map(|p| state::stored(&p, &self.names)),
-            salt: Some(self.switchboard.load().salt),
-            rollout: ledger.rollout.as_ref().map(|r| r.to_file(&self.names)),
-            watch: ledger.watch.map(|w| w.to_file(&self.names)),
-        })
-    }
-
-    /// Appends `entry` to history and notifies; returns a warning if history could not be
-    /// written (the change itself stands).
-    fn record(&self, entry: HistoryEntry, event: &str) -> Option<String> {
-        let warning = match self.store.append_history(&entry) {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!("change applied and saved, but not recorded in history: {e}");
-                Some(format!(
-                    "the change is applied and saved, but history could not be written: {e}"
-                ))
-            }
-        };
-        self.notifier.send(Event::new(event, entry));
-        warning
-    }
-
-    /// Applies one change under the (held) ledger lock: `next` computes the new state.
-    fn apply(
-        &self,
-        ledger: &mut Ledger,
-        received: Instant,
-        spec: Spec<'_>,
-        next: impl FnOnce(RouteState, &Ledger) -> Result<RouteState, AdminError>,
-    ) -> Result<Reply, AdminError> {
-        self.refuse_while_upgrading()?;
-        let cur = self.switchboard.state();
-        if let Some(want) = spec.opts.if_generation {
-            if want != cur.generation {
-                return Err(AdminError::Conflict {
-                    code: "generation_mismatch",
-                    message: format!(
-                        "the state is at generation {}, not {want}: someone else changed it; \
-                         check `status` and retry with the current generation",
-                        cur.generation
-                    ),
-                });
-            }
-        }
-        if !spec.automatic {
-            if let Some(r) = &ledger.rollout {
-                return Err(rollout_running(r, &self.names));
-            }
-        }
-        let mut new = next(cur, ledger)?;
-        let previous = state::stored(&cur, &self.names);
-        if !spec.always && new.primary == cur.primary && new.canary_bp == cur.canary_bp {
-            return Ok(Reply::Change(Change {
-                status: self.status(ledger),
-                previous,
-                applied_us: 0,
-                changed: false,
-                warning: None,
-            }));
-        }
-        if !spec.skip_gate {
-            self.health_gate(&new, &cur, &spec.opts)?;
-        }
-        new.generation = cur.generation + 1;
-
-        self.switchboard.store_state(new);
-        let applied_us = received.elapsed().as_micros() as u64;
-
-        let since = state::now_rfc3339();
-        let old_previous = ledger.previous.replace(cur);
-        // The new watch is part of what is saved, so a restart or an upgrade keeps watching.
-        let old_watch = ledger.watch;
-        ledger.watch = self.next_watch(old_watch, &cur, &new, spec.action);
-        let mut warnings = Vec::new();
-        match self.save(ledger, new, &since) {
-            Ok(()) => {}
-            Err(e) if e.committed => {
-                // The new state.json is in place; undoing it in memory would make a restart
-                // bring back a change the caller was told failed.
-                tracing::error!(
-                    "{} applied, but the state directory was not fsynced: {e}",
-                    spec.action
-                );
-                warnings.push(format!(
-                    "the change is applied and written, but the state directory could not be \
-                     fsynced ({e}); it may not survive a power loss"
-                ));
-            }
-            Err(e) => {
-                self.switchboard.store_state(cur);
-                ledger.previous = old_previous;
-                ledger.watch = old_watch;
-                tracing::error!("{} undone: {e}", spec.action);
-                return Err(save_failed(&e));
-            }
-        }
-        ledger.since = since.clone();
-        if ledger.watch.is_some() && ledger.watch != old_watch {
-            // A judgement belongs to the watch that made it: a new watch starts without the
-            // previous one's verdict (which stays on show until then, e.g. after a rollback).
-            ledger.judgement = None;
-        }
-        self.metrics.record_change(spec.action);
-        if let Some(trigger) = spec.trigger.filter(|_| spec.action == action::ROLLBACK) {
-            self.metrics.record_rollback(trigger);
-        }
-
-        let entry = HistoryEntry {
-            ts: since,
-            generation: new.generation,
-            action: spec.action.to_string(),
-            from: state::describe(&cur, &self.names),
-            to: state::describe(&new, &self.names),
-            actor: spec.actor.to_string(),
-            reason: spec.opts.reason.clone(),
-            result: "ok".into(),
-            forced: spec.opts.force,
-            trigger: spec.trigger.map(str::to_string),
-            detail: spec.detail,
-        };
-        tracing::info!(
-            actor = spec.actor,
-            reason = spec.opts.reason.as_deref().unwrap_or(""),
-            "{}: {} -> {} (generation {}, applied in {applied_us} us)",
-            spec.action,
-            entry.from,
-            entry.to,
-            new.generation
-        );
-        warnings.extend(self.record(entry, spec.event));
-        Ok(Reply::Change(Change {
-            status: self.status(ledger),
-            previous,
-            applied_us,
-            changed: true,
-            warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
-        }))
-    }
-
-    /// Refuses a change that would send traffic to a pool that is not ready, unless forced.
-    fn health_gate(
-        &self,
-        new: &RouteState,
-        cur: &RouteState,
-        opts: &ChangeOpts,
-    ) -> Result<(), AdminError> {
-        if opts.force {
-            return Ok(());
-        }
-        let table = self.switchboard.load();
-        let min_healthy = self.config().health.min_healthy;
-        // Only pools that gain traffic are gated; moving traffic away is always allowed.
-        let mut targets = Vec::new();
-        if new.primary != cur.primary {
-            targets.push(new.primary);
-        }
-        if new.canary_bp > 0 && (new.canary_bp > cur.canary_bp || new.primary != cur.primary) {
-            targets.push(new.canary_pool());
-        }
-        for id in targets {
-            let pool = table.pool(id);
-            let healthy = pool.healthy_count();
-            if healthy < min_healthy {
-                return Err(AdminError::Conflict {
-                    code: "target_not_ready",
-                    message: format!(
-                        "{} is not ready: {healthy} of {} backends healthy, {} needed; fix the \
-                         pool, or pass force to switch anyway",
-                        pool.name,
-                        pool.backends.len(),
-                        min_healthy
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Shortest rollout interval: a step must live long enough for its traffic to be judged.
 pub const MIN_ROLLOUT_INTERVAL: Duration = Duration::from_millis(200);
 
-fn save_failed(e: &StoreError) -> AdminError {
-    AdminError::Internal(format!(
-        "the change was not applied because the state could not be saved: {e}; fix the state \
-         directory (permissions, disk space) and retry"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateFile;
 
     fn metrics(config: &Config) -> Arc<Metrics> {
         Arc::new(Metrics::new(config))
