@@ -46,7 +46,7 @@ pub enum Command {
         metrics: String,
     },
     /// Talk to a running switchyard's admin API.
-    Ctl(crate::ctl::CtlArgs),
+    Ctl(Box<crate::ctl::CtlArgs>),
 }
 
 /// Runs the parsed command line.
@@ -55,7 +55,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Serve { config, upgrade } => serve(&config, upgrade),
         Command::Demo { listen, metrics } => run_demo(&listen, &metrics),
-        Command::Ctl(args) => crate::ctl::run(args),
+        Command::Ctl(args) => crate::ctl::run(*args),
     }
 }
 

@@ -138,6 +138,7 @@ impl Plan {
             &old.state.dir.display(),
             &new.state.dir.display(),
         );
+        d.restart("state.backend", &old.state.backend, &new.state.backend);
         d.restart("server.threads", &old.server.threads, &new.server.threads);
         d.restart(
             "listen.header_timeout",
@@ -267,6 +268,7 @@ pub fn restart_only(key: &str) -> bool {
     key == "admin.socket"
         || key == "admin.socket_group"
         || key == "state.dir"
+        || key == "state.backend"
         || key.starts_with("pools.")
 }
 

@@ -188,6 +188,18 @@ impl Switchboard {
         old
     }
 
+    /// Replaces the routing state and the sticky-hash salt in one atomic store: the fleet's state
+    /// (whose salt every instance shares, so a user keeps their bucket on any of them).
+    pub fn store_shared(&self, state: RouteState, salt: u64) {
+        let current = self.table.load_full();
+        self.table.store(Arc::new(RoutingTable {
+            state,
+            salt,
+            pools: current.pools.clone(),
+            settings: current.settings.clone(),
+        }));
+    }
+
     /// Replaces the pools and the request settings in one atomic store, keeping the routing
     /// state (a reload). Same rules as [`Switchboard::store_state`]: callers serialise writes.
     pub fn store_config(&self, pools: [Pool; POOL_COUNT], settings: ProxySettings) {

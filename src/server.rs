@@ -18,7 +18,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
-use crate::admin::{Admin, AdminParts, GuardService};
+use crate::admin::{Admin, AdminParts, FleetService, GuardService};
 use crate::config::Config;
 use crate::dns::{self, Names};
 use crate::health::{HealthChecker, HealthControl};
@@ -303,6 +303,9 @@ impl Switchyard {
             upgrader,
         ));
         add_background(&mut server, "guard", GuardService::new(admin.clone()));
+        if let Some(fleet) = FleetService::new(admin.clone()) {
+            add_background(&mut server, "fleet", fleet);
+        }
         add_background(&mut server, "notifications", delivery);
         let checker = HealthChecker::new(switchboard.clone(), health);
         add_background(&mut server, "health checks", checker);

@@ -107,14 +107,77 @@ pub enum Loaded {
 
 /// Why the state could not be saved.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
-pub struct StoreError {
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
-    /// The new file was already renamed into place; only the directory fsync failed. The new
-    /// state is what a restart will read (barring a power loss), so it must not be undone.
-    pub committed: bool,
+pub enum StoreError {
+    #[error("cannot write {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+        /// The new file was already renamed into place; only the directory fsync failed. The
+        /// new state is what a restart will read (barring a power loss), so it must not be
+        /// undone.
+        committed: bool,
+    },
+    /// A shared store's compare-and-set lost: another instance changed the state first.
+    #[error("another instance changed the state first (it is at generation {current})")]
+    Conflict { current: u64 },
+    /// A shared store cannot be reached; nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The new state is in place even though the call failed (see [`StoreError::File`]).
+    pub fn committed(&self) -> bool {
+        matches!(
+            self,
+            StoreError::File {
+                committed: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Reads a stored state document (`state.json`, or a fleet's state key) and checks it against
+/// the configured pool names; `Err` says why it is unusable.
+pub fn check(text: &str, pool_names: &[String]) -> Result<Loaded, String> {
+    let file: StateFile =
+        serde_json::from_str(text).map_err(|e| format!("it is not valid state JSON: {e}"))?;
+    if file.version != STATE_VERSION {
+        return Err(format!(
+            "it has version {}, this switchyard writes version {STATE_VERSION}",
+            file.version
+        ));
+    }
+    if file.route.canary_bp > crate::config::MAX_BP {
+        return Err(format!("canary_bp {} is above 10000", file.route.canary_bp));
+    }
+    let find = |r: &StoredRoute| pool_names.iter().position(|n| *n == r.primary);
+    let Some(primary) = find(&file.route) else {
+        return Ok(Loaded::Mismatch {
+            file_pools: file.route.primary.clone(),
+        });
+    };
+    let previous = file.previous.as_ref().and_then(|p| {
+        find(p).map(|primary| RouteState {
+            primary,
+            canary_bp: p.canary_bp.min(crate::config::MAX_BP),
+            generation: p.generation,
+        })
+    });
+    Ok(Loaded::Valid {
+        state: RouteState {
+            primary,
+            canary_bp: file.route.canary_bp,
+            generation: file.route.generation,
+        },
+        previous,
+        since: file.since,
+        salt: file.salt,
+        rollout: file.rollout,
+        watch: file.watch,
+    })
 }
 
 /// Now, as RFC 3339 with milliseconds (UTC).

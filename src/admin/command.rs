@@ -111,6 +111,9 @@ pub enum AdminError {
     },
     #[error("{0}")]
     NotImplemented(String),
+    /// A dependency the change needs is down (the fleet's state store); retry later.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -130,6 +133,7 @@ impl AdminError {
             AdminError::Timeout(_) => 408,
             AdminError::Internal(_) => 500,
             AdminError::NotImplemented(_) => 501,
+            AdminError::Unavailable { .. } => 503,
         }
     }
 
@@ -144,7 +148,9 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => "method_not_allowed",
             AdminError::PayloadTooLarge { .. } => "payload_too_large",
             AdminError::Timeout(_) => "timeout",
-            AdminError::Conflict { code, .. } | AdminError::Unprocessable { code, .. } => code,
+            AdminError::Conflict { code, .. }
+            | AdminError::Unprocessable { code, .. }
+            | AdminError::Unavailable { code, .. } => code,
             AdminError::NotImplemented(_) => "not_implemented",
             AdminError::Internal(_) => "internal",
         }

@@ -2,11 +2,8 @@
 //! the sockets are handed over, and the new process adopting the state the old one saved.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use super::watch::{Watch, WatchKind};
 use super::{Admin, AdminError};
-use crate::rollout::Rollout;
 use crate::state::{self, Loaded};
 
 impl Admin {
@@ -62,7 +59,6 @@ impl Admin {
             tracing::warn!("after the hand-over, state.json could not be read again; keeping the state read at start");
             return;
         };
-        let now = Instant::now();
         if state != self.switchboard.state() {
             tracing::info!(
                 "state changed during the hand-over: now {} (generation {})",
@@ -71,20 +67,6 @@ impl Admin {
             );
         }
         self.switchboard.store_state(state);
-        ledger.previous = previous;
-        ledger.since = since;
-        ledger.rollout = rollout.and_then(|r| Rollout::from_file(&r, &self.names, now));
-        if let Some(w) = watch.and_then(|w| Watch::from_file(&w, &self.names, now)) {
-            ledger.watch = Some(w);
-        } else if state.canary_bp == 0 {
-            ledger.watch = None;
-        } else if ledger.watch.is_none_or(|w| w.pool != state.canary_pool()) {
-            ledger.watch = Some(Watch {
-                pool: state.canary_pool(),
-                kind: WatchKind::Canary,
-                since: now,
-                until: None,
-            });
-        }
+        self.adopt(&mut ledger, state, previous, since, rollout, watch);
     }
 }

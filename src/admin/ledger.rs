@@ -96,14 +96,16 @@ impl Admin {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes `state.json` for `route` and the ledger's rollout.
+    /// Saves `route` and the ledger's rollout; `base` is the generation the change was made
+    /// from (a fleet store refuses the change if the fleet has moved on since).
     pub(super) fn save(
         &self,
         ledger: &Ledger,
         route: RouteState,
         since: &str,
+        base: u64,
     ) -> Result<(), StoreError> {
-        self.store.save(&StateFile {
+        let file = StateFile {
             version: state::STATE_VERSION,
             route: state::stored(&route, &self.names),
             since: since.to_string(),
@@ -111,7 +113,8 @@ impl Admin {
             salt: Some(self.switchboard.load().salt),
             rollout: ledger.rollout.as_ref().map(|r| r.to_file(&self.names)),
             watch: ledger.watch.map(|w| w.to_file(&self.names)),
-        })
+        };
+        self.store.save(&file, base)
     }
 
     /// Appends `entry` to history and notifies; returns a warning if history could not be
@@ -182,9 +185,9 @@ impl Admin {
         let old_watch = ledger.watch;
         ledger.watch = self.next_watch(old_watch, &cur, &new, spec.action);
         let mut warnings = Vec::new();
-        match self.save(ledger, new, &since) {
+        match self.save(ledger, new, &since, cur.generation) {
             Ok(()) => {}
-            Err(e) if e.committed => {
+            Err(e) if e.committed() => {
                 // The new state.json is in place; undoing it in memory would make a restart
                 // bring back a change the caller was told failed.
                 tracing::error!(
@@ -248,9 +251,28 @@ impl Admin {
     }
 }
 
+/// Why a change that could not be saved was refused: a lost race for the fleet's state is the
+/// same 409 as a stale `if_generation`; an unreachable shared store is a 503 (retry later);
+/// anything else is the state directory's fault.
 pub(super) fn save_failed(e: &StoreError) -> AdminError {
-    AdminError::Internal(format!(
-        "the change was not applied because the state could not be saved: {e}; fix the state \
-         directory (permissions, disk space) and retry"
-    ))
+    match e {
+        StoreError::Conflict { current } => AdminError::Conflict {
+            code: "generation_mismatch",
+            message: format!(
+                "the state is at generation {current}: another instance changed it first; \
+                 check `status` and retry with the current generation"
+            ),
+        },
+        StoreError::Unavailable(why) => AdminError::Unavailable {
+            code: "state_backend_unavailable",
+            message: format!(
+                "the change was not applied: the shared state store cannot be reached ({why}); \
+                 traffic keeps flowing on the last state; retry once it is back"
+            ),
+        },
+        StoreError::File { .. } => AdminError::Internal(format!(
+            "the change was not applied because the state could not be saved: {e}; fix the \
+             state directory (permissions, disk space) and retry"
+        )),
+    }
 }

@@ -20,6 +20,7 @@
 //! upgrade; [`http`] is the wire.
 
 mod command;
+mod fleet;
 mod gate;
 mod handover;
 pub mod http;
@@ -33,6 +34,7 @@ pub use command::{
     AdminCommand, AdminError, Change, ChangeOpts, PreviewCookie, Reply, DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
 };
+pub use fleet::FleetService;
 pub use ledger::action;
 use ledger::{save_failed, Ledger, Spec, ACTOR_GUARD, ACTOR_ROLLOUT};
 pub use reload::Reloaded;
@@ -356,8 +358,8 @@ impl Admin {
             }));
         }
         let since = ledger.since.clone();
-        if let Err(e) = self.save(&ledger, cur, &since) {
-            if !e.committed {
+        if let Err(e) = self.save(&ledger, cur, &since, cur.generation) {
+            if !e.committed() {
                 ledger.rollout = Some(before);
                 return Err(save_failed(&e));
             }

@@ -15,7 +15,7 @@ use crate::rollout::Rollout;
 use crate::routing::{RouteState, Switchboard};
 use crate::settings::ProxySettings;
 use crate::state::{self, HistoryEntry, Loaded, StateFile, StoreError};
-use crate::store::{FileStore, Store};
+use crate::store;
 
 impl Admin {
     /// Restores the routing state from the state directory (a valid file wins over
@@ -38,7 +38,7 @@ impl Admin {
             dns,
             config_path,
         } = parts;
-        let store: Box<dyn Store> = Box::new(FileStore::new(&config.state.dir));
+        let store = store::open(&config.state).map_err(StoreError::Unavailable)?;
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         // Generations keep counting from the history even when the state file is lost, so
         // `if_generation` and the audit trail never see a number twice.
@@ -136,15 +136,27 @@ impl Admin {
         let fresh_salt = salt.is_none();
         let salt = salt.unwrap_or_else(rand::random);
         if fresh_salt {
-            store.save(&StateFile {
-                version: state::STATE_VERSION,
-                route: state::stored(&state, &names),
-                since: since.clone(),
-                previous: previous.map(|p| state::stored(&p, &names)),
-                salt: Some(salt),
-                rollout: None,
-                watch: None,
-            })?;
+            let saved = store.save(
+                &StateFile {
+                    version: state::STATE_VERSION,
+                    route: state::stored(&state, &names),
+                    since: since.clone(),
+                    previous: previous.map(|p| state::stored(&p, &names)),
+                    salt: Some(salt),
+                    rollout: None,
+                    watch: None,
+                },
+                state.generation,
+            );
+            match saved {
+                Ok(()) => {}
+                // A fleet: another instance wrote the fleet's first state, or etcd is down; this
+                // instance serves its own until the fleet's arrives (admin::fleet).
+                Err(e @ (StoreError::Conflict { .. } | StoreError::Unavailable(_))) => {
+                    tracing::warn!("starting on the configured state for now: {e}")
+                }
+                Err(e) => return Err(e),
+            }
         }
         // The saved watch goes on where it was; a canary saved without one (a file from before
         // watches were saved) is watched from now.

@@ -12,6 +12,7 @@ use crate::config::MAX_BP;
 use crate::dns::NameStatus;
 use crate::guard::Verdict;
 use crate::metrics::STATUS_WINDOW;
+use crate::store::FleetStatus;
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -36,6 +37,10 @@ pub struct Status {
     pub rollout: Option<RolloutStatus>,
     /// What the guard watches and its latest judgement.
     pub guard: GuardStatus,
+    /// With a shared state store: whether it answers, and every live instance of the fleet with
+    /// the generation it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
 }
 
 /// `from` has no healthy backend: `to` serves its share of the traffic.
@@ -244,6 +249,7 @@ impl Admin {
                 .collect(),
             rollout,
             guard,
+            fleet: self.store.fleet(),
         }
     }
 }

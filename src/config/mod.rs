@@ -98,8 +98,51 @@ pub struct MetricsConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
-    /// Holds `state.json` and `history.jsonl`.
+    /// Holds `state.json` and `history.jsonl` (with etcd: this instance's copy of the last
+    /// state it applied, for a start without etcd).
     pub dir: PathBuf,
+    /// Where the routing state is shared: this instance's files, or a fleet's etcd.
+    pub backend: StateBackend,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateBackend {
+    /// `state.json` and `history.jsonl` in `dir`: one instance.
+    File,
+    /// One routing state for a fleet of instances, in etcd (`store::etcd`).
+    Etcd(Box<EtcdConfig>),
+}
+
+impl std::fmt::Display for StateBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateBackend::File => write!(f, "file"),
+            StateBackend::Etcd(e) => write!(f, "etcd {} fleet {}", e.endpoints.join(","), e.fleet),
+        }
+    }
+}
+
+/// `[state] backend = "etcd"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://10.0.0.1:2379`; tried in turn.
+    pub endpoints: Vec<String>,
+    /// The fleet's name: its keys live under `/switchyard/<fleet>/`.
+    pub fleet: String,
+    /// This instance's name in the fleet (default: the host name).
+    pub instance: String,
+    /// How long a silent instance stays in the fleet (its lease); also how fast a new leader
+    /// takes over.
+    pub lease_ttl: Duration,
+    /// How long one call to etcd may take before etcd counts as down.
+    pub timeout: Duration,
+    pub user: Option<String>,
+    /// A file holding the user's password (first line).
+    pub password_file: Option<PathBuf>,
+    /// PEM: the CA of etcd's certificate; a client certificate and its key.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -462,6 +505,10 @@ pub mod defaults {
     pub const METRICS_LISTEN: &str = "127.0.0.1:9901";
     /// Under systemd's `StateDirectory=switchyard`.
     pub const STATE_DIR: &str = "/var/lib/switchyard";
+    /// A dead instance leaves the fleet, and a new leader takes over, within this.
+    pub const LEASE_TTL: Duration = Duration::from_secs(10);
+    /// One call to etcd; past it etcd counts as down and changes are refused (503).
+    pub const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
     pub const HEALTH_PATH: &str = "/healthz";
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);

@@ -65,6 +65,17 @@ pub struct Metrics {
 #[derive(Default)]
 pub struct State {
     pub dir: Option<String>,
+    pub backend: Option<Spanned<String>>,
+    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    pub fleet: Option<Spanned<String>>,
+    pub instance: Option<Spanned<String>>,
+    pub lease_ttl: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
 }
 
 pub struct Pool {
@@ -173,6 +184,24 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
         }),
         state: r.section(errs, "state", |s, errs| State {
             dir: s.string(errs, "dir", PATH).map(Spanned::into_inner),
+            backend: s.string(errs, "backend", "\"file\" or \"etcd\""),
+            endpoints: s.strings(
+                errs,
+                "endpoints",
+                (
+                    "a list of etcd URLs such as [\"http://10.0.0.1:2379\"]",
+                    "an etcd URL such as \"http://10.0.0.1:2379\"",
+                ),
+            ),
+            fleet: s.string(errs, "fleet", "a fleet name such as \"prod\""),
+            instance: s.string(errs, "instance", "an instance name such as \"proxy-1\""),
+            lease_ttl: s.string(errs, "lease_ttl", DURATION),
+            timeout: s.string(errs, "timeout", DURATION),
+            user: s.string(errs, "user", "an etcd user name"),
+            password_file: s.string(errs, "password_file", PATH),
+            ca_file: s.string(errs, "ca_file", PATH),
+            cert_file: s.string(errs, "cert_file", PATH),
+            key_file: s.string(errs, "key_file", PATH),
         }),
         pools: r.section(errs, "pools", |s, errs| {
             s.tables_by_name(

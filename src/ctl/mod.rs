@@ -174,6 +174,10 @@ pub struct ChangeArgs {
     /// being refused because it is not (yet).
     #[arg(long, value_parser = parse_duration)]
     pub wait_ready: Option<Duration>,
+    /// In a fleet (`[state] backend = "etcd"`): after the change, wait up to this long for every
+    /// live instance to apply it; exit 1 naming those that did not.
+    #[arg(long, value_parser = parse_duration)]
+    pub wait_fleet: Option<Duration>,
 }
 
 impl ChangeArgs {
@@ -385,13 +389,97 @@ async fn execute(args: &CtlArgs) -> Result<String, Failure> {
     }
     let (method, path, body) = request_for(&args.verb)?;
     let mut answer = call(args, method, &path, body).await?;
+    let wait_fleet = match &args.verb {
+        Verb::Flip { change, .. }
+        | Verb::Canary { change, .. }
+        | Verb::Promote { change }
+        | Verb::Rollback { change }
+        | Verb::Rollout { change, .. } => change.wait_fleet,
+        _ => None,
+    };
+    let mut fleet_line = None;
+    if let Some(within) = wait_fleet {
+        let generation = answer["generation"].as_u64().unwrap_or(0);
+        let waited = wait_fleet_applied(args, generation, within).await?;
+        fleet_line = Some(format!(
+            "fleet: all {} instances serve generation {generation} ({} ms after the answer)",
+            waited["instances"].as_array().map_or(0, Vec::len),
+            waited["waited_ms"]
+        ));
+        answer["fleet_applied"] = waited;
+    }
     if args.json {
         if let Verb::History { .. } = args.verb {
             structure_history(&mut answer);
         }
         return Ok(json_out(answer));
     }
-    Ok(render(&args.verb, &answer))
+    let out = render(&args.verb, &answer);
+    Ok(match fleet_line {
+        Some(line) => format!("{}\n{line}", out.trim_end()),
+        None => out,
+    })
+}
+
+/// How often `--wait-fleet` looks.
+const FLEET_POLL: Duration = Duration::from_millis(20);
+
+/// `--wait-fleet`: returns once every live instance of the fleet serves `generation` (or a
+/// newer one), with who and how long it took; fails naming the stragglers.
+async fn wait_fleet_applied(
+    args: &CtlArgs,
+    generation: u64,
+    timeout: Duration,
+) -> Result<Value, Failure> {
+    let start = std::time::Instant::now();
+    loop {
+        let a = status(args).await?;
+        let Some(members) = a["fleet"]["members"].as_array().cloned() else {
+            return Err(Failure::new(
+                EXIT_REFUSED,
+                "not_a_fleet",
+                "--wait-fleet needs a fleet, and this proxy keeps its state on its own \
+                 ([state] backend = \"file\"); the change itself is made"
+                    .into(),
+            ));
+        };
+        let behind: Vec<String> = members
+            .iter()
+            .filter(|m| m["generation"].as_u64().unwrap_or(0) < generation)
+            .map(|m| {
+                format!(
+                    "{} (at generation {})",
+                    m["instance"].as_str().unwrap_or("?"),
+                    m["generation"]
+                )
+            })
+            .collect();
+        if behind.is_empty() && !members.is_empty() {
+            return Ok(json!({
+                "generation": generation,
+                "instances": members.iter().map(|m| m["instance"].clone()).collect::<Vec<_>>(),
+                "waited_ms": start.elapsed().as_millis() as u64,
+            }));
+        }
+        if start.elapsed() >= timeout {
+            let mut f = Failure::new(
+                EXIT_REFUSED,
+                "fleet_not_applied",
+                format!(
+                    "the change (generation {generation}) is made, but not every instance \
+                     applied it within {timeout:?}: {}",
+                    if behind.is_empty() {
+                        "no instance reports to the fleet".to_string()
+                    } else {
+                        behind.join(", ")
+                    }
+                ),
+            );
+            f.json["stragglers"] = json!(behind);
+            return Err(f);
+        }
+        tokio::time::sleep(FLEET_POLL).await;
+    }
 }
 
 fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Failure> {

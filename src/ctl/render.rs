@@ -256,7 +256,43 @@ fn render_status(a: &Value) -> String {
             }
         }
     }
+    if let Some(fleet) = a.get("fleet").filter(|f| f.is_object()) {
+        out.push_str(&fleet_section(a, fleet));
+    }
     out.trim_end().to_string()
+}
+
+/// The fleet under `status`: the store's health, then each live instance and what it serves.
+fn fleet_section(a: &Value, fleet: &Value) -> String {
+    let generation = a["generation"].as_u64().unwrap_or(0);
+    let mut out = if fleet["up"] == Value::Bool(true) {
+        format!(
+            "\nfleet ({} at {}; this is {})\n",
+            s(&fleet["backend"]),
+            s(&fleet["key"]),
+            s(&fleet["instance"])
+        )
+    } else {
+        format!(
+            "\nfleet: STATE BACKEND DOWN ({}): serving the last state, changes are refused\n",
+            s(&fleet["error"])
+        )
+    };
+    out.push_str(&format!(
+        "{:<24} {:<11} {}\n",
+        "INSTANCE", "GENERATION", "APPLIED"
+    ));
+    for m in fleet["members"].as_array().cloned().unwrap_or_default() {
+        let g = m["generation"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "{:<24} {:<11} {:.1}s ago{}\n",
+            s(&m["instance"]),
+            g,
+            m["ago_s"].as_f64().unwrap_or(0.0),
+            if g < generation { "  BEHIND" } else { "" }
+        ));
+    }
+    out
 }
 
 fn render_history(a: &Value) -> String {

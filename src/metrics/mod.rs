@@ -57,6 +57,7 @@ pub mod names {
     pub const GUARD_P99: &str = "switchyard_guard_p99_seconds";
     pub const ROLLOUT_STEP: &str = "switchyard_rollout_step";
     pub const ROLLOUT_STEPS: &str = "switchyard_rollout_steps";
+    pub const STATE_BACKEND_UP: &str = "switchyard_state_backend_up";
 }
 
 /// Every `action` of `switchyard_changes_total` (the admin handler's `action` names and
@@ -142,6 +143,9 @@ pub struct Metrics {
     guard_p99: Gauge,
     rollout_step: IntGauge,
     rollout_steps: IntGauge,
+    /// 1 while the state store answers (always, for the file store); 0 while a fleet's etcd is
+    /// unreachable and changes are refused.
+    pub state_backend_up: IntGauge,
     /// A failover episode per pool: set by the first request that fails over, cleared by
     /// [`Metrics::end_failovers`], so the start and the end are logged once each.
     failing_over: [AtomicBool; POOL_COUNT],
@@ -380,6 +384,16 @@ impl Metrics {
                 names::ROLLOUT_STEPS,
                 "The number of steps of the rollout in progress (0: no rollout).",
             ),
+            state_backend_up: {
+                let g = int_gauge(
+                    &registry,
+                    names::STATE_BACKEND_UP,
+                    "1 while the routing state's store answers; 0 while a fleet's etcd is \
+                     unreachable (traffic flows on the last state, changes are refused).",
+                );
+                g.set(1);
+                g
+            },
             failing_over: [AtomicBool::new(false), AtomicBool::new(false)],
             registry,
             pools,

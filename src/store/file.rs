@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::Store;
-use crate::routing::RouteState;
-use crate::state::{HistoryEntry, Loaded, StateFile, StoreError, StoredRoute, STATE_VERSION};
+use crate::state::{self, HistoryEntry, Loaded, StateFile, StoreError};
 
 const STATE_FILE: &str = "state.json";
 const HISTORY_FILE: &str = "history.jsonl";
@@ -72,51 +71,17 @@ impl Store for FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Missing,
             Err(e) => return self.move_aside(format!("cannot read it: {e}")),
         };
-        let file: StateFile = match serde_json::from_str(&text) {
-            Ok(f) => f,
-            Err(e) => return self.move_aside(format!("it is not valid state JSON: {e}")),
-        };
-        if file.version != STATE_VERSION {
-            return self.move_aside(format!(
-                "it has version {}, this switchyard writes version {STATE_VERSION}",
-                file.version
-            ));
-        }
-        if file.route.canary_bp > crate::config::MAX_BP {
-            return self.move_aside(format!("canary_bp {} is above 10000", file.route.canary_bp));
-        }
-        let find = |r: &StoredRoute| pool_names.iter().position(|n| *n == r.primary);
-        let Some(primary) = find(&file.route) else {
-            return Loaded::Mismatch {
-                file_pools: file.route.primary.clone(),
-            };
-        };
-        let previous = file.previous.as_ref().and_then(|p| {
-            find(p).map(|primary| RouteState {
-                primary,
-                canary_bp: p.canary_bp.min(crate::config::MAX_BP),
-                generation: p.generation,
-            })
-        });
-        Loaded::Valid {
-            state: RouteState {
-                primary,
-                canary_bp: file.route.canary_bp,
-                generation: file.route.generation,
-            },
-            previous,
-            since: file.since,
-            salt: file.salt,
-            rollout: file.rollout,
-            watch: file.watch,
+        match state::check(&text, pool_names) {
+            Ok(loaded) => loaded,
+            Err(why) => self.move_aside(why),
         }
     }
 
     /// Writes `state.json` durably: temp file, fsync, rename, fsync of the directory.
-    fn save(&self, file: &StateFile) -> Result<(), StoreError> {
+    fn save(&self, file: &StateFile, _base: u64) -> Result<(), StoreError> {
         let path = self.state_path();
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let err = |source| StoreError {
+        let err = |source| StoreError::File {
             path: path.clone(),
             source,
             committed: false,
@@ -130,7 +95,7 @@ impl Store for FileStore {
         fs::rename(&tmp, &path).map_err(err)?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|source| StoreError {
+            .map_err(|source| StoreError::File {
                 path: path.clone(),
                 source,
                 committed: true,
@@ -141,7 +106,7 @@ impl Store for FileStore {
     /// Appends one entry to `history.jsonl` and fsyncs it.
     fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
         let path = self.history_path();
-        let err = |source| StoreError {
+        let err = |source| StoreError::File {
             path: path.clone(),
             source,
             committed: false,
@@ -193,7 +158,7 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::now_rfc3339;
+    use crate::state::{now_rfc3339, StoredRoute, STATE_VERSION};
 
     fn names() -> Vec<String> {
         vec!["blue".into(), "green".into()]
@@ -220,7 +185,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path());
         assert!(matches!(store.load(&names()), Loaded::Missing));
-        store.save(&file("green", 7)).unwrap();
+        store.save(&file("green", 7), 0).unwrap();
         match store.load(&names()) {
             Loaded::Valid { state, .. } => {
                 assert_eq!(state.primary, 1);
@@ -249,7 +214,7 @@ mod tests {
     fn unknown_pools_are_a_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path());
-        store.save(&file("purple", 3)).unwrap();
+        store.save(&file("purple", 3), 0).unwrap();
         assert!(matches!(store.load(&names()), Loaded::Mismatch { .. }));
         assert!(
             store.state_path().exists(),

@@ -3,15 +3,56 @@
 //! what "durable" means — fsync and rename for a file ([`mod@file`]).
 //!
 //! The controller does not know which store it has; a change is acknowledged once `save`
-//! returns.
+//! returns. A store shared by a fleet ([`etcd`]) also hands over the changes other instances
+//! make ([`Store::changes`]), learns what this instance applied ([`Store::applied`]) and says
+//! who else is in the fleet ([`Store::fleet`]).
 
+pub mod etcd;
 pub mod file;
+mod gateway;
 
 use std::io;
 
+use serde::Serialize;
+
+use crate::config::{StateBackend, StateConfig};
 use crate::state::{HistoryEntry, Loaded, StateFile, StoreError};
 
+pub use etcd::EtcdStore;
 pub use file::FileStore;
+
+/// The store `[state]` asks for.
+pub fn open(config: &StateConfig) -> Result<Box<dyn Store>, String> {
+    Ok(match &config.backend {
+        StateBackend::File => Box::new(FileStore::new(&config.dir)),
+        StateBackend::Etcd(etcd) => Box::new(EtcdStore::start(etcd, &config.dir)?),
+    })
+}
+
+/// The fleet as `status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FleetStatus {
+    pub backend: &'static str,
+    /// Whether the state store answers; when not, `error` says why.
+    pub up: bool,
+    pub error: Option<String>,
+    /// This instance's name.
+    pub instance: String,
+    /// Where the fleet's state lives.
+    pub key: String,
+    /// Every live instance (its lease is alive) and what it applied.
+    pub members: Vec<FleetMember>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FleetMember {
+    pub instance: String,
+    pub generation: u64,
+    pub applied_at: String,
+    /// Seconds since it applied that generation.
+    pub ago_s: f64,
+    pub pid: u32,
+}
 
 /// The routing state's home: load at start, save on every change, and the history beside it.
 ///
@@ -25,7 +66,9 @@ pub trait Store: Send + Sync {
     /// The saved state, checked against the configured pool names.
     fn load(&self, pool_names: &[String]) -> Loaded;
     /// Makes `file` the durable state; the change may be acknowledged once this returns `Ok`.
-    fn save(&self, file: &StateFile) -> Result<(), StoreError>;
+    /// `base` is the generation the change was made from: a shared store refuses the change
+    /// ([`StoreError::Conflict`]) when another instance has moved the state on since.
+    fn save(&self, file: &StateFile, base: u64) -> Result<(), StoreError>;
     /// Records one change in history.
     fn append_history(&self, entry: &HistoryEntry) -> Result<(), StoreError>;
     /// The newest `limit` history entries, newest first.
@@ -37,5 +80,23 @@ pub trait Store: Send + Sync {
             .ok()
             .and_then(|h| h.first().map(|e| e.generation))
             .unwrap_or(0)
+    }
+
+    /// A shared store's stream of the newest state (any instance's change); none for a file.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<Option<StateFile>>> {
+        None
+    }
+
+    /// This instance now serves `file` (a shared store publishes it and keeps a local copy).
+    fn applied(&self, _file: &StateFile) {}
+
+    /// The fleet, for `status`; none for a single instance.
+    fn fleet(&self) -> Option<FleetStatus> {
+        None
+    }
+
+    /// Whether changes can be made durable now.
+    fn backend_up(&self) -> bool {
+        true
     }
 }

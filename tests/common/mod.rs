@@ -346,11 +346,17 @@ impl Layout {
         } else {
             (http + "\n", toml.to_string())
         };
+        // The state directory is the harness's too; a test's own `[state]` (a fleet's etcd)
+        // gets it added.
+        let dir = format!("[state]\ndir = \"{}/state\"\n", self.dir.display());
+        let (state, toml) = if toml.contains("[state]\n") {
+            (String::new(), toml.replacen("[state]\n", &dir, 1))
+        } else {
+            (dir + "\n", toml)
+        };
         format!(
             "{health}{listen}{admin}\
-             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
-             [state]\ndir = \"{d}/state\"\n\n{toml}",
-            d = self.dir.display(),
+             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n{state}{toml}",
             mport = self.metrics_port,
         )
     }

@@ -1,0 +1,447 @@
+//! A fleet of three switchyards sharing their routing state through a real etcd (Debian's
+//! `etcd-server`, which `./dev test` installs), started by each test on ephemeral ports with its
+//! data in a temp dir, and stopped by it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A single-member etcd cluster of its own.
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+}
+
+fn etcd_binary() -> PathBuf {
+    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if std::path::Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!(
+        "etcd is not installed: the fleet tests run a real etcd; install it with \
+         `apt-get install etcd-server` (./dev test does)"
+    );
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            client: free_port(),
+            peer: free_port(),
+        };
+        e.run().await;
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// Starts (or restarts, on the same data and ports) and waits until it answers.
+    async fn run(&mut self) {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new(etcd_binary())
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let health = format!("{client}/health");
+        wait_for("etcd to be healthy", Duration::from_secs(20), || {
+            let health = health.clone();
+            async move {
+                let body = reqwest::get(&health).await.ok()?.text().await.ok()?;
+                body.contains("\"true\"").then_some(())
+            }
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The config of instance `name` of fleet `fleet`.
+fn member_toml(
+    blue: SocketAddr,
+    green: SocketAddr,
+    etcd: &Etcd,
+    fleet: &str,
+    name: &str,
+) -> String {
+    format!(
+        "{}\n[state]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nfleet = \"{fleet}\"\n\
+         instance = \"{name}\"\nlease_ttl = \"3s\"\ntimeout = \"1s\"\n",
+        pools_toml(&[blue], &[green]),
+        etcd.url()
+    )
+}
+
+struct Fleet {
+    etcd: Etcd,
+    blue: Upstream,
+    green: Upstream,
+    proxies: Vec<Proxy>,
+}
+
+async fn fleet_of_three(fleet: &str) -> Fleet {
+    let etcd = Etcd::start().await;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut proxies = Vec::new();
+    for name in ["a", "b", "c"] {
+        let toml = member_toml(blue.addr, green.addr, &etcd, fleet, name);
+        proxies.push(Proxy::start(&toml).await);
+    }
+    let f = Fleet {
+        etcd,
+        blue,
+        green,
+        proxies,
+    };
+    f.wait_members(&["a", "b", "c"], 0).await;
+    f
+}
+
+async fn status(p: &Proxy) -> Value {
+    let (code, s) = admin(&p.socket(), "GET", "/v1/status", None).await;
+    assert_eq!(code, 200, "{s}");
+    s
+}
+
+impl Fleet {
+    /// Waits until every instance's status lists exactly `names`, each at `generation` or later.
+    async fn wait_members(&self, names: &[&str], generation: u64) {
+        for p in &self.proxies {
+            let socket = p.socket();
+            wait_for(
+                "the fleet section to list every instance",
+                Duration::from_secs(20),
+                || {
+                    let socket = socket.clone();
+                    async move {
+                        let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                        let members = s["fleet"]["members"].as_array()?.clone();
+                        let listed: Vec<&str> = members
+                            .iter()
+                            .filter_map(|m| m["instance"].as_str())
+                            .collect();
+                        let all_there = listed == names
+                            && members
+                                .iter()
+                                .all(|m| m["generation"].as_u64().unwrap_or(0) >= generation);
+                        all_there.then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+    }
+}
+
+/// Waits until a request through `p` is served by `pool`.
+async fn wait_serving(p: &Proxy, pool: &str) {
+    let addr = p.addr;
+    wait_for(
+        &format!("{} to serve {pool}", addr),
+        Duration::from_secs(10),
+        || async move { (get(addr, "/").await.pool() == Some(pool)).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flip_through_one_instance_reaches_the_whole_fleet() {
+    let f = fleet_of_three("flip").await;
+    let gen0 = status(&f.proxies[0]).await["generation"].as_u64().unwrap();
+    for p in &f.proxies {
+        assert_eq!(get(p.addr, "/").await.pool(), Some("blue"));
+    }
+
+    // ctl flip --wait-fleet returns only once all three report the new generation.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "--json", "--socket"])
+        .arg(f.proxies[0].socket())
+        .args([
+            "flip",
+            "green",
+            "--reason",
+            "fleet test",
+            "--wait-fleet",
+            "10s",
+        ])
+        .env_remove("SWITCHYARD_SOCKET")
+        .env_remove("SWITCHYARD_URL")
+        .env_remove("SWITCHYARD_TOKEN")
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{answer}");
+    let generation = answer["generation"].as_u64().unwrap();
+    assert_eq!(generation, gen0 + 1);
+    let applied = &answer["fleet_applied"];
+    assert_eq!(applied["generation"], json!(generation));
+    assert_eq!(applied["instances"], json!(["a", "b", "c"]));
+    // At the moment ctl returned, every instance already served green.
+    for p in &f.proxies {
+        assert_eq!(get(p.addr, "/").await.pool(), Some("green"));
+        let s = status(p).await;
+        assert_eq!(s["primary"], "green");
+        assert_eq!(s["generation"], json!(generation));
+        assert_eq!(s["fleet"]["up"], json!(true));
+    }
+    // One history, in etcd, readable from any instance; the change once.
+    for p in &f.proxies {
+        let (_, h) = admin(&p.socket(), "GET", "/v1/history?limit=10", None).await;
+        let flips: Vec<&Value> = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "flip")
+            .collect();
+        assert_eq!(flips.len(), 1, "{h}");
+        assert_eq!(flips[0]["generation"], json!(generation));
+        assert_eq!(flips[0]["reason"], "fleet test");
+    }
+    // Each instance keeps a local copy of the state it applied.
+    for p in &f.proxies {
+        let path = p.dir.path().join("state/state.json");
+        wait_for("the local copy", Duration::from_secs(5), || {
+            let path = path.clone();
+            async move {
+                let text = std::fs::read_to_string(&path).ok()?;
+                let v: Value = serde_json::from_str(&text).ok()?;
+                (v["route"]["generation"] == json!(generation)).then_some(())
+            }
+        })
+        .await;
+    }
+    drop(f.blue);
+    drop(f.green);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_through_two_instances_one_wins() {
+    let f = fleet_of_three("race").await;
+    let g = status(&f.proxies[0]).await["generation"].as_u64().unwrap();
+    let (a, b) = (f.proxies[0].socket(), f.proxies[1].socket());
+    let flip = admin(
+        &a,
+        "POST",
+        "/v1/flip",
+        Some(json!({"to": "green", "if_generation": g})),
+    );
+    let canary = admin(
+        &b,
+        "POST",
+        "/v1/canary",
+        Some(json!({"pool": "green", "percent": 10, "if_generation": g})),
+    );
+    let ((ca, ra), (cb, rb)) = tokio::join!(flip, canary);
+    let mut codes = [ca, cb];
+    codes.sort();
+    assert_eq!(codes, [200, 409], "flip: {ra}\ncanary: {rb}");
+    let loser = if ca == 409 { &ra } else { &rb };
+    assert_eq!(loser["code"], "generation_mismatch", "{loser}");
+    let (primary, canary_bp) = if ca == 200 {
+        ("green", 0)
+    } else {
+        ("blue", 1000)
+    };
+    for p in &f.proxies {
+        let socket = p.socket();
+        wait_for(
+            "every instance on the winner's state",
+            Duration::from_secs(10),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                    (s["primary"] == primary
+                        && s["canary_bp"] == json!(canary_bp)
+                        && s["generation"] == json!(g + 1))
+                    .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    // The loser changed nothing: one change in history.
+    let (_, h) = admin(&a, "GET", "/v1/history?limit=10", None).await;
+    let changes = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["generation"].as_u64() == Some(g + 1))
+        .count();
+    assert_eq!(changes, 1, "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_etcd_keeps_traffic_flowing_and_refuses_changes() {
+    let mut f = fleet_of_three("outage").await;
+    let addrs: Vec<SocketAddr> = f.proxies.iter().map(|p| p.addr).collect();
+    // Load through every instance for the whole outage.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for addr in addrs.clone() {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut c = Client::connect(addr).await;
+                for _ in 0..20 {
+                    match c.get("/").await {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+
+    f.etcd.stop();
+    let a = f.proxies[0].socket();
+    let (code, e) = admin(&a, "POST", "/v1/flip", Some(json!({"to": "green"}))).await;
+    assert_eq!(code, 503, "{e}");
+    assert_eq!(e["code"], "state_backend_unavailable");
+    for p in &f.proxies {
+        let socket = p.socket();
+        wait_for(
+            "status to say etcd is down",
+            Duration::from_secs(10),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                    (s["fleet"]["up"] == json!(false) && s["fleet"]["error"].is_string())
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        let scrape = scrape(p).await;
+        assert_eq!(
+            sample(&scrape, "switchyard_state_backend_up", &[]),
+            Some(0.0)
+        );
+        // Still blue, as before.
+        assert_eq!(status(p).await["primary"], "blue");
+    }
+
+    f.etcd.run().await;
+    for p in &f.proxies {
+        let socket = p.socket();
+        wait_for(
+            "status to say etcd is back",
+            Duration::from_secs(20),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                    (s["fleet"]["up"] == json!(true)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let (code, r) = admin(&a, "POST", "/v1/flip", Some(json!({"to": "green"}))).await;
+    assert_eq!(code, 200, "{r}");
+    for p in &f.proxies {
+        wait_serving(p, "green").await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for l in load {
+        let (o, fl) = l.await.unwrap();
+        ok += o;
+        failed += fl;
+    }
+    assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
+    assert!(ok > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_instance_leaves_the_fleet_within_the_lease_and_comes_back_current() {
+    let mut f = fleet_of_three("dead").await;
+    // c stops without a word to etcd (its lease is not revoked): it must drop out within the
+    // lease TTL (3 s here).
+    let c = f.proxies.pop().unwrap();
+    let c_toml_dir = c.config_file.clone();
+    let toml = std::fs::read_to_string(&c_toml_dir).unwrap();
+    let gone = Instant::now();
+    drop(c);
+    f.wait_members(&["a", "b"], 0).await;
+    let took = gone.elapsed();
+    assert!(took < Duration::from_secs(3 + 2), "took {took:?}");
+
+    // --wait-fleet does not wait for it.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "--json", "--socket"])
+        .arg(f.proxies[0].socket())
+        .args(["flip", "green", "--wait-fleet", "5s"])
+        .env_remove("SWITCHYARD_SOCKET")
+        .env_remove("SWITCHYARD_URL")
+        .env_remove("SWITCHYARD_TOKEN")
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{answer}");
+    assert_eq!(answer["fleet_applied"]["instances"], json!(["a", "b"]));
+    let generation = answer["generation"].as_u64().unwrap();
+
+    // Restarted (a new process, its old state dir gone with it), it comes up on the fleet's
+    // state and reports it.
+    let toml = toml
+        .split("[pools.blue]")
+        .nth(1)
+        .map(|rest| format!("[pools.blue]{rest}"))
+        .unwrap();
+    let toml = toml.replace("[state]\ndir", "[state]\nold_dir");
+    let toml: String = toml
+        .lines()
+        .filter(|l| !l.starts_with("old_dir"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Proxy::start(&toml).await;
+    wait_serving(&c, "green").await;
+    f.proxies.push(c);
+    f.wait_members(&["a", "b", "c"], generation).await;
+}
