@@ -115,12 +115,17 @@ struct Fleet {
 }
 
 async fn fleet_of_three(fleet: &str) -> Fleet {
+    fleet_with(fleet, "").await
+}
+
+/// Three instances with `extra` configuration each.
+async fn fleet_with(fleet: &str, extra: &str) -> Fleet {
     let etcd = Etcd::start().await;
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
     let mut proxies = Vec::new();
     for name in ["a", "b", "c"] {
-        let toml = member_toml(blue.addr, green.addr, &etcd, fleet, name);
+        let toml = member_toml(blue.addr, green.addr, &etcd, fleet, name) + extra;
         proxies.push(Proxy::start(&toml).await);
     }
     let f = Fleet {
@@ -357,11 +362,16 @@ async fn losing_etcd_keeps_traffic_flowing_and_refuses_changes() {
             },
         )
         .await;
-        let scrape = scrape(p).await;
-        assert_eq!(
-            sample(&scrape, "switchyard_state_backend_up", &[]),
-            Some(0.0)
-        );
+        // The metric follows within its 250 ms refresh.
+        wait_for(
+            "switchyard_state_backend_up 0",
+            Duration::from_secs(5),
+            || async {
+                let scrape = scrape(p).await;
+                (sample(&scrape, "switchyard_state_backend_up", &[]) == Some(0.0)).then_some(())
+            },
+        )
+        .await;
         // Still blue, as before.
         assert_eq!(status(p).await["primary"], "blue");
     }
@@ -444,4 +454,113 @@ async fn a_dead_instance_leaves_the_fleet_within_the_lease_and_comes_back_curren
     wait_serving(&c, "green").await;
     f.proxies.push(c);
     f.wait_members(&["a", "b", "c"], generation).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_leader_dies_another_instance_continues_the_rollout() {
+    // Time alone walks the steps (guard off), so the test is about who walks them.
+    let mut f = fleet_with("lead", "\n[guard]\nenabled = false\n").await;
+    let leader = wait_for("a leader", Duration::from_secs(10), || {
+        let socket = f.proxies[0].socket();
+        async move {
+            let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+            s["fleet"]["leader"].as_str().map(str::to_string)
+        }
+    })
+    .await;
+    // Every instance agrees on it.
+    for p in &f.proxies {
+        assert_eq!(status(p).await["fleet"]["leader"], json!(leader));
+    }
+    let (code, a) = admin(
+        &f.proxies[1].socket(),
+        "POST",
+        "/v1/rollout",
+        Some(json!({"to": "green", "steps": [10, 40, 70], "interval": "2s"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{a}");
+    // Every instance carries the rollout at step 1.
+    for p in &f.proxies {
+        let socket = p.socket();
+        wait_for(
+            "the rollout on every instance",
+            Duration::from_secs(5),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                    (s["rollout"]["step"] == json!(1)).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    // The leader dies without a word to etcd, before the first step is over.
+    let index = ["a", "b", "c"].iter().position(|n| *n == leader).unwrap();
+    drop(f.proxies.remove(index));
+    let died = Instant::now();
+    let survivor = f.proxies[0].socket();
+    let new_leader = wait_for("a new leader", Duration::from_secs(10), || {
+        let socket = survivor.clone();
+        let old = leader.clone();
+        async move {
+            let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+            s["fleet"]["leader"]
+                .as_str()
+                .filter(|l| *l != old)
+                .map(str::to_string)
+        }
+    })
+    .await;
+    assert!(
+        died.elapsed() < Duration::from_secs(3 + 2),
+        "took {:?}",
+        died.elapsed()
+    );
+    assert_ne!(new_leader, leader);
+    // The new leader walks the rest and promotes green on the two that are left.
+    for p in &f.proxies {
+        let socket = p.socket();
+        wait_for(
+            "the rollout to promote green",
+            Duration::from_secs(20),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                    (s["primary"] == "green"
+                        && s["canary_bp"] == json!(0)
+                        && s["rollout"].is_null())
+                    .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let (_, h) = admin(&survivor, "GET", "/v1/history?limit=20", None).await;
+    let steps: Vec<String> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|e| e["action"] == "rollout" || e["action"] == "promote")
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["action"].as_str().unwrap(),
+                e["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "rollout blue + green 10%",
+            "rollout blue + green 40%",
+            "rollout blue + green 70%",
+            "promote green"
+        ],
+        "each step once: {h}"
+    );
 }

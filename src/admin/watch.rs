@@ -158,6 +158,10 @@ impl Admin {
             // An upgrade is handing over: the new process judges and advances from here on.
             return;
         }
+        if !self.store.leads() {
+            // In a fleet, one instance judges and walks rollouts for all (store::etcd).
+            return;
+        }
         let config = self.config();
         let guard = &config.guard;
         if ledger

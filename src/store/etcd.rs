@@ -9,6 +9,10 @@
 //!   that made it (which is also the one that notifies the webhooks), readable by all.
 //! - `applied/<instance>`: `{generation, applied_at}`, what each instance serves now, bound to the
 //!   instance's lease so that a dead instance drops out within the lease's TTL.
+//! - `leader`: the instance that runs the guard and the rollouts for the fleet, bound to its
+//!   lease: created only if absent, so one instance holds it; when that instance dies its lease
+//!   ends, the key goes, and the next instance to renew its own lease takes it (within the TTL).
+//!   A running rollout is part of `state`, so the new leader continues it.
 //!
 //! Every instance watches the prefix and applies each new `state` through the admin handler
 //! (`admin::fleet`), the instance that made the change included (for it the change is already in
@@ -50,6 +54,7 @@ struct Keys {
     state: String,
     history: String,
     applied: String,
+    leader: String,
 }
 
 impl Keys {
@@ -59,6 +64,7 @@ impl Keys {
             state: format!("{prefix}state"),
             history: format!("{prefix}history/"),
             applied: format!("{prefix}applied/"),
+            leader: format!("{prefix}leader"),
             prefix,
         }
     }
@@ -84,6 +90,8 @@ struct Shared {
     /// lease).
     lease: AtomicI64,
     applied: Mutex<Option<Applied>>,
+    /// Who holds the `leader` key, as last seen.
+    leader: Mutex<Option<String>>,
 }
 
 /// The etcd store of one instance.
@@ -183,9 +191,39 @@ impl Shared {
                     Err(e) => Err(e),
                 }
             };
+            let result = match result {
+                Ok(()) => self.campaign().await,
+                Err(e) => Err(e),
+            };
             self.mark(result.as_ref().map(|_| ()));
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// Takes the `leader` key if nobody holds it (bound to this instance's lease).
+    async fn campaign(&self) -> Result<(), EtcdError> {
+        let lease = self.lease.load(Ordering::SeqCst);
+        let held = self
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if lease == 0 || held {
+            return Ok(());
+        }
+        let won = self
+            .gateway
+            .compare_and_put(&self.keys.leader, 0, self.instance.as_bytes(), lease)
+            .await?;
+        let holder = match won {
+            Ok(_) => {
+                tracing::info!("this instance now leads the fleet (guard and rollouts)");
+                Some(self.instance.clone())
+            }
+            Err(current) => current.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+        };
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = holder;
+        Ok(())
     }
 
     /// Reads the fleet's keys, then follows them; on any failure starts over from a fresh read
@@ -212,6 +250,9 @@ impl Shared {
             .await?;
         self.mark(Ok(()));
         let mut members = BTreeMap::new();
+        if !kvs.iter().any(|kv| kv.key == self.keys.leader) {
+            *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         for kv in &kvs {
             self.take(&kv.key, Some((&kv.value, kv.mod_revision)), &mut members);
         }
@@ -251,7 +292,10 @@ impl Shared {
         value: Option<(&[u8], i64)>,
         members: &mut BTreeMap<String, Applied>,
     ) {
-        if key == self.keys.state {
+        if key == self.keys.leader {
+            *self.leader.lock().unwrap_or_else(|p| p.into_inner()) =
+                value.map(|(v, _)| String::from_utf8_lossy(v).into_owned());
+        } else if key == self.keys.state {
             if let Some(file) = value.and_then(|(v, rev)| self.note_state(v, rev)) {
                 self.latest.send_replace(Some(file));
             }
@@ -312,6 +356,7 @@ impl EtcdStore {
             members: Mutex::new(BTreeMap::new()),
             lease: AtomicI64::new(0),
             applied: Mutex::new(None),
+            leader: Mutex::new(None),
         });
         runtime.spawn(shared.clone().lease_loop());
         runtime.spawn(shared.clone().watch_loop());
@@ -413,10 +458,9 @@ impl Store for EtcdStore {
         let value = serde_json::to_vec_pretty(file).expect("state serialises");
         let key = self.shared.keys.state.clone();
         let v = value.clone();
-        let result =
-            self.block(
-                move |s| async move { s.gateway.compare_and_put(&key, seen_revision, &v).await },
-            );
+        let result = self.block(move |s| async move {
+            s.gateway.compare_and_put(&key, seen_revision, &v, 0).await
+        });
         match result {
             Err(e) => Err(self.shared.unavailable(&e)),
             Ok(Err(current)) => {
@@ -521,6 +565,12 @@ impl Store for EtcdStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             instance: self.shared.instance.clone(),
+            leader: self
+                .shared
+                .leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             key: self.shared.keys.state.clone(),
             members,
         })
@@ -528,5 +578,17 @@ impl Store for EtcdStore {
 
     fn backend_up(&self) -> bool {
         self.shared.up.load(Ordering::SeqCst)
+    }
+
+    /// Only while etcd answers: an instance cut off from etcd may have lost the lead already.
+    fn leads(&self) -> bool {
+        self.backend_up()
+            && self
+                .shared
+                .leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+                == Some(self.shared.instance.as_str())
     }
 }

@@ -309,20 +309,25 @@ impl Gateway {
     }
 
     /// Writes `key` only if its modification revision is still `mod_revision` (0: only if it
-    /// does not exist).
+    /// does not exist), bound to `lease` when non-zero.
     /// `Ok(Ok(revision))` when written; `Ok(Err(current))` when someone else wrote first.
     pub async fn compare_and_put(
         &self,
         key: &str,
         mod_revision: i64,
         value: &[u8],
+        lease: i64,
     ) -> Result<Result<i64, Option<Kv>>, EtcdError> {
         let compare = if mod_revision == 0 {
             json!({"key": b64(key.as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
         } else {
             json!({"key": b64(key.as_bytes()), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string()})
         };
-        let success = [json!({"request_put": {"key": b64(key.as_bytes()), "value": b64(value)}})];
+        let mut put = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+        if lease != 0 {
+            put["lease"] = json!(lease.to_string());
+        }
+        let success = [json!({ "request_put": put })];
         let body = json!({
             "compare": [compare],
             "success": success,

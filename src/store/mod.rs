@@ -38,6 +38,8 @@ pub struct FleetStatus {
     pub error: Option<String>,
     /// This instance's name.
     pub instance: String,
+    /// The instance that runs the guard and rollouts for the fleet.
+    pub leader: Option<String>,
     /// Where the fleet's state lives.
     pub key: String,
     /// Every live instance (its lease is alive) and what it applied.
@@ -97,6 +99,12 @@ pub trait Store: Send + Sync {
 
     /// Whether changes can be made durable now.
     fn backend_up(&self) -> bool {
+        true
+    }
+
+    /// Whether this instance runs the guard and rollouts (always, alone; in a fleet, the one
+    /// instance that holds the lead).
+    fn leads(&self) -> bool {
         true
     }
 }
