@@ -564,3 +564,117 @@ async fn when_the_leader_dies_another_instance_continues_the_rollout() {
         "each step once: {h}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_failing_behind_one_instance_is_judged_on_the_whole_fleet() {
+    let etcd = Etcd::start().await;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    // Behind instance c only, green fails every request.
+    let bad_green = Upstream::start("green").await;
+    bad_green.fail_every(1);
+    let hook = Hook::start(HookMode::Ok).await;
+    // Alone, c would see 100 % errors and a and b none; summed, green has about a third: over
+    // the 20 % limit. The leader (a, started first) sees none of the errors itself.
+    let extra = format!(
+        "\n[routing]\nsticky = \"none\"\n\n[guard]\nwindow = \"3s\"\nmin_requests = 30\n\
+         max_error_ratio = 0.2\nmin_duration = \"0s\"\n\n\
+         [[notify.webhook]]\nurl = \"{}\"\nformat = \"json\"\n",
+        hook.url()
+    );
+    let mut proxies = Vec::new();
+    for (name, green) in [("a", green.addr), ("b", green.addr), ("c", bad_green.addr)] {
+        let toml = member_toml(blue.addr, green, &etcd, "canary", name) + &extra;
+        proxies.push(Proxy::start(&toml).await);
+        if name == "a" {
+            let socket = proxies[0].socket();
+            wait_for("a to lead", Duration::from_secs(10), || {
+                let socket = socket.clone();
+                async move {
+                    let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                    (s["fleet"]["leader"] == "a").then_some(())
+                }
+            })
+            .await;
+        }
+    }
+    let f = Fleet {
+        etcd,
+        blue,
+        green,
+        proxies,
+    };
+    f.wait_members(&["a", "b", "c"], 0).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for p in &f.proxies {
+        let (stop, addr) = (stop.clone(), p.addr);
+        load.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = c.get("/").await.expect("no request fails to complete");
+                assert!(r.status == 200 || r.status == 500, "{}", r.status);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let (code, a) = admin(
+        &f.proxies[1].socket(),
+        "POST",
+        "/v1/canary",
+        Some(json!({"pool": "green", "percent": 10})),
+    )
+    .await;
+    assert_eq!(code, 200, "{a}");
+    let canary_generation = a["generation"].as_u64().unwrap();
+    for p in &f.proxies {
+        let socket = p.socket();
+        wait_for(
+            "the fleet to roll the canary back",
+            Duration::from_secs(20),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let (_, s) = admin(&socket, "GET", "/v1/status", None).await;
+                    (s["canary_bp"] == json!(0) && s["generation"] == json!(canary_generation + 1))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    // One rollback for the fleet, by the guard, with the summed figures: errors from c over
+    // requests from all three.
+    let (_, h) = admin(&f.proxies[2].socket(), "GET", "/v1/history?limit=20", None).await;
+    let guard: Vec<&Value> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["trigger"] == "guard")
+        .collect();
+    assert_eq!(guard.len(), 1, "{h}");
+    let d = &guard[0]["detail"];
+    let ratio = d["error_ratio"].as_f64().unwrap();
+    assert!(
+        (0.2..0.7).contains(&ratio),
+        "the summed error ratio is about a third, not c's 100 % or a's 0 %: {d}"
+    );
+    // The webhook heard of it once (from the leader), and of the canary once (from b).
+    let bodies = hook.bodies.clone();
+    wait_for("the guard event", Duration::from_secs(5), || {
+        let n = bodies.lock().unwrap().len();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let events: Vec<String> = hook
+        .bodies()
+        .iter()
+        .map(|b| b["event"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(events, ["canary", "guard"]);
+}

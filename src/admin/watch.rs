@@ -13,10 +13,11 @@ use serde::Serialize;
 
 use super::{action, Admin, ChangeOpts, Ledger, Spec, ACTOR_GUARD, ACTOR_ROLLOUT};
 use crate::guard::{judge, Verdict, TICK};
-use crate::metrics::WindowStats;
+use crate::metrics::{Figures, WindowStats};
 use crate::rollout::{Next, Rollout};
 use crate::routing::{other, PoolId, RouteState};
 use crate::state::{self, WatchFile};
+use crate::store::JudgedFigures;
 
 /// The guard's view of a rollout step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,8 +159,10 @@ impl Admin {
             // An upgrade is handing over: the new process judges and advances from here on.
             return;
         }
+        // In a fleet every instance publishes what it saw of the change; one instance, the
+        // leader, judges the sum and walks rollouts for all (store::etcd).
+        self.publish_figures(ledger, now);
         if !self.store.leads() {
-            // In a fleet, one instance judges and walks rollouts for all (store::etcd).
             return;
         }
         let config = self.config();
@@ -175,7 +178,7 @@ impl Admin {
             // Only requests since the change count, up to the configured window.
             let since_change = now.saturating_duration_since(w.since).as_secs() + 1;
             let span = Duration::from_secs(since_change.min(guard.window.as_secs().max(1)));
-            let stats = self.metrics.window(w.pool).stats(span);
+            let stats = self.judged(w.pool, span, |f| f.watched.as_ref());
             let verdict = judge(&stats, now.saturating_duration_since(w.since), guard);
             ledger.judgement = Some(Judgement {
                 pool: w.pool,
@@ -253,7 +256,8 @@ impl Admin {
         let since_step = now.saturating_duration_since(r.step_started).as_secs() + 1;
         let span = Duration::from_secs(since_step.min(guard.window.as_secs().max(1)));
         let observed = now.saturating_duration_since(r.step_started);
-        match judge(&self.metrics.window(r.to).stats(span), observed, guard) {
+        let stats = self.judged(r.to, span, |f| f.step.as_ref());
+        match judge(&stats, observed, guard) {
             Verdict::Healthy => StepVerdict::Passed,
             Verdict::Waiting {
                 requests,
@@ -275,6 +279,62 @@ impl Admin {
         }
     }
 
+    /// The span the guard judges a watch over: the requests since the change, up to the window.
+    fn watch_span(&self, w: &Watch, now: Instant) -> Duration {
+        let since_change = now.saturating_duration_since(w.since).as_secs() + 1;
+        Duration::from_secs(since_change.min(self.config().guard.window.as_secs().max(1)))
+    }
+
+    /// The span a rollout step is judged over: the requests since the step began, up to the
+    /// window.
+    fn step_span(&self, r: &Rollout, now: Instant) -> Duration {
+        let since_step = now.saturating_duration_since(r.step_started).as_secs() + 1;
+        Duration::from_secs(since_step.min(self.config().guard.window.as_secs().max(1)))
+    }
+
+    /// Publishes this instance's figures for the change being judged (a no-op alone).
+    fn publish_figures(&self, ledger: &Ledger, now: Instant) {
+        if !self.config().guard.enabled || (ledger.watch.is_none() && ledger.rollout.is_none()) {
+            return;
+        }
+        let watched = |pool: PoolId| {
+            ledger
+                .watch
+                .map(|w| self.metrics.window(pool).figures(self.watch_span(&w, now)))
+        };
+        let figures = JudgedFigures {
+            generation: self.switchboard.state().generation,
+            at_ms: unix_ms(SystemTime::now()),
+            watched: ledger.watch.and_then(|w| watched(w.pool)),
+            other: ledger.watch.and_then(|w| watched(other(w.pool))),
+            step: ledger
+                .rollout
+                .as_ref()
+                .map(|r| self.metrics.window(r.to).figures(self.step_span(r, now))),
+        };
+        self.store.publish_figures(&figures);
+    }
+
+    /// What the guard judges for `pool` over `span`: this instance's figures plus, in a fleet,
+    /// every other live instance's for the same change (`pick` chooses which of them).
+    fn judged(
+        &self,
+        pool: PoolId,
+        span: Duration,
+        pick: impl Fn(&JudgedFigures) -> Option<&Figures>,
+    ) -> WindowStats {
+        let mut figures = self.metrics.window(pool).figures(span);
+        let generation = self.switchboard.state().generation;
+        for theirs in self.store.fleet_figures() {
+            if theirs.generation == generation {
+                if let Some(f) = pick(&theirs) {
+                    figures.add(f);
+                }
+            }
+        }
+        figures.stats()
+    }
+
     /// Rolls back the watched colour after a breach.
     pub(super) fn guard_rollback(
         &self,
@@ -286,7 +346,7 @@ impl Admin {
     ) {
         let old = self.names[other(w.pool)].clone();
         // When the old colour also took traffic (a canary), put its figures next to the new one's.
-        let old_stats = self.metrics.window(other(w.pool)).stats(span);
+        let old_stats = self.judged(other(w.pool), span, |f| f.other.as_ref());
         let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0);
         let config = self.config();
         let guard = &config.guard;

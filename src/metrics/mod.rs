@@ -9,7 +9,7 @@
 
 mod window;
 
-pub use window::{Window, WindowStats};
+pub use window::{Figures, Window, WindowStats};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -154,13 +154,23 @@ impl Window {
 
     /// Figures over `span` seconds, ending `skip` seconds ago.
     fn span_stats(&self, span: Duration, skip: u64) -> WindowStats {
+        self.span_figures(span, skip).stats()
+    }
+
+    /// The counts behind [`Window::stats`], which add up across instances (a fleet's guard
+    /// judges the sum, `store::etcd`).
+    pub fn figures(&self, span: Duration) -> Figures {
+        self.span_figures(span, 0)
+    }
+
+    fn span_figures(&self, span: Duration, skip: u64) -> Figures {
         let now = now_secs();
         let secs = span.as_secs().clamp(1, self.slots.len() as u64 - 1 - skip);
-        let bounds = window_bounds();
-        let mut hist = vec![0u64; bounds.len()];
-        let mut s = WindowStats {
+        let mut f = Figures {
             seconds: secs,
-            ..WindowStats::default()
+            requests: 0,
+            errors: 0,
+            latency: vec![0u64; window_bounds().len()],
         };
         for back in skip..secs + skip {
             let Some(second) = now.checked_sub(back) else {
@@ -170,12 +180,42 @@ impl Window {
             if slot.second.load(Ordering::Acquire) != second {
                 continue;
             }
-            s.requests += slot.requests.load(Ordering::Relaxed);
-            s.errors += slot.errors.load(Ordering::Relaxed);
-            for (h, b) in hist.iter_mut().zip(&slot.latency) {
+            f.requests += slot.requests.load(Ordering::Relaxed);
+            f.errors += slot.errors.load(Ordering::Relaxed);
+            for (h, b) in f.latency.iter_mut().zip(&slot.latency) {
                 *h += b.load(Ordering::Relaxed);
             }
         }
+        f
+    }
+}
+
+/// Requests, errors and the latency histogram over a span: what [`WindowStats`] is computed
+/// from, in a form that sums across instances.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Figures {
+    pub seconds: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Counts per bucket of the window's latency bounds.
+    pub latency: Vec<u64>,
+}
+
+impl Figures {
+    /// Adds another instance's figures for the same span.
+    pub fn add(&mut self, other: &Figures) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if other.latency.len() == self.latency.len() {
+            for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+                *a += b;
+            }
+        }
+    }
+
+    pub fn stats(&self) -> WindowStats {
+        let bounds = window_bounds();
+        let hist = &self.latency;
         let total: u64 = hist.iter().sum();
         // As Prometheus' histogram_quantile: find the bucket holding the rank, interpolate
         // linearly inside it; a rank in the +Inf bucket reads as the last finite bound.
@@ -199,9 +239,13 @@ impl Window {
             }
             None
         };
-        s.p50 = pct(0.50);
-        s.p99 = pct(0.99);
-        s
+        WindowStats {
+            requests: self.requests,
+            errors: self.errors,
+            seconds: self.seconds,
+            p50: pct(0.50),
+            p99: pct(0.99),
+        }
     }
 }
 

@@ -13,6 +13,9 @@
 //!   lease: created only if absent, so one instance holds it; when that instance dies its lease
 //!   ends, the key goes, and the next instance to renew its own lease takes it (within the TTL).
 //!   A running rollout is part of `state`, so the new leader continues it.
+//! - `figures/<instance>`: what each instance saw of the change being judged (requests, errors,
+//!   latency histogram), on its lease; the leader judges the sum, so a canary at 1 % across five
+//!   proxies is judged on all of its traffic.
 //!
 //! Every instance watches the prefix and applies each new `state` through the admin handler
 //! (`admin::fleet`), the instance that made the change included (for it the change is already in
@@ -25,14 +28,14 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::gateway::{Endpoints, EtcdError, Event, Gateway};
-use super::{FileStore, FleetMember, FleetStatus, Store};
+use super::{FileStore, FleetMember, FleetStatus, JudgedFigures, Store};
 use crate::config::EtcdConfig;
 use crate::state::{self, HistoryEntry, Loaded, StateFile, StoreError};
 
@@ -55,6 +58,7 @@ struct Keys {
     history: String,
     applied: String,
     leader: String,
+    figures: String,
 }
 
 impl Keys {
@@ -65,6 +69,7 @@ impl Keys {
             history: format!("{prefix}history/"),
             applied: format!("{prefix}applied/"),
             leader: format!("{prefix}leader"),
+            figures: format!("{prefix}figures/"),
             prefix,
         }
     }
@@ -92,6 +97,10 @@ struct Shared {
     applied: Mutex<Option<Applied>>,
     /// Who holds the `leader` key, as last seen.
     leader: Mutex<Option<String>>,
+    /// Every live instance's figures for the guard (`figures/<instance>`), and when this
+    /// instance last published its own (ms).
+    figures: Mutex<BTreeMap<String, JudgedFigures>>,
+    figures_sent: AtomicU64,
 }
 
 /// The etcd store of one instance.
@@ -105,7 +114,11 @@ pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-fn unix_ms() -> u64 {
+/// How often an instance publishes its guard figures, and how old another's may be to count.
+const FIGURES_EVERY_MS: u64 = 250;
+const FIGURES_FRESH_MS: u64 = 2_000;
+
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -299,6 +312,16 @@ impl Shared {
             if let Some(file) = value.and_then(|(v, rev)| self.note_state(v, rev)) {
                 self.latest.send_replace(Some(file));
             }
+        } else if let Some(instance) = key.strip_prefix(&self.keys.figures) {
+            let mut all = self.figures.lock().unwrap_or_else(|p| p.into_inner());
+            match value.and_then(|(v, _)| serde_json::from_slice::<JudgedFigures>(v).ok()) {
+                Some(f) => {
+                    all.insert(instance.to_string(), f);
+                }
+                None => {
+                    all.remove(instance);
+                }
+            }
         } else if let Some(instance) = key.strip_prefix(&self.keys.applied) {
             match value.and_then(|(v, _)| serde_json::from_slice::<Applied>(v).ok()) {
                 Some(a) => {
@@ -357,6 +380,8 @@ impl EtcdStore {
             lease: AtomicI64::new(0),
             applied: Mutex::new(None),
             leader: Mutex::new(None),
+            figures: Mutex::new(BTreeMap::new()),
+            figures_sent: AtomicU64::new(0),
         });
         runtime.spawn(shared.clone().lease_loop());
         runtime.spawn(shared.clone().watch_loop());
@@ -578,6 +603,44 @@ impl Store for EtcdStore {
 
     fn backend_up(&self) -> bool {
         self.shared.up.load(Ordering::SeqCst)
+    }
+
+    fn publish_figures(&self, figures: &JudgedFigures) {
+        // Four times a second is plenty for a judgement over seconds, and spares etcd.
+        let last = self.shared.figures_sent.load(Ordering::Relaxed);
+        if figures.at_ms < last + FIGURES_EVERY_MS {
+            return;
+        }
+        self.shared
+            .figures_sent
+            .store(figures.at_ms, Ordering::Relaxed);
+        let lease = self.shared.lease.load(Ordering::SeqCst);
+        if lease == 0 {
+            return;
+        }
+        let key = format!("{}{}", self.shared.keys.figures, self.shared.instance);
+        let value = serde_json::to_vec(figures).expect("serialises");
+        let shared = self.shared.clone();
+        self.runtime
+            .as_ref()
+            .expect("runtime until drop")
+            .spawn(async move {
+                let _ = shared.gateway.put(&key, &value, lease).await;
+            });
+    }
+
+    fn fleet_figures(&self) -> Vec<JudgedFigures> {
+        let now = unix_ms();
+        self.shared
+            .figures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(name, f)| {
+                **name != self.shared.instance && now.saturating_sub(f.at_ms) <= FIGURES_FRESH_MS
+            })
+            .map(|(_, f)| f.clone())
+            .collect()
     }
 
     /// Only while etcd answers: an instance cut off from etcd may have lost the lead already.

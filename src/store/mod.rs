@@ -13,9 +13,10 @@ mod gateway;
 
 use std::io;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{StateBackend, StateConfig};
+use crate::metrics::Figures;
 use crate::state::{HistoryEntry, Loaded, StateFile, StoreError};
 
 pub use etcd::EtcdStore;
@@ -44,6 +45,20 @@ pub struct FleetStatus {
     pub key: String,
     /// Every live instance (its lease is alive) and what it applied.
     pub members: Vec<FleetMember>,
+}
+
+/// What one instance saw of the change the guard judges, published for the fleet's leader to
+/// sum: the watched pool and the other one over the watch's span, and the rollout's target over
+/// its step's span.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JudgedFigures {
+    /// The state generation these figures belong to: figures of another change are not summed.
+    pub generation: u64,
+    /// When they were taken (milliseconds since the Unix epoch): old ones are not summed.
+    pub at_ms: u64,
+    pub watched: Option<Figures>,
+    pub other: Option<Figures>,
+    pub step: Option<Figures>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -100,6 +115,15 @@ pub trait Store: Send + Sync {
     /// Whether changes can be made durable now.
     fn backend_up(&self) -> bool {
         true
+    }
+
+    /// Publishes this instance's figures for the change being judged (a fleet's leader sums
+    /// them); nothing for a single instance.
+    fn publish_figures(&self, _figures: &JudgedFigures) {}
+
+    /// The other live instances' published figures.
+    fn fleet_figures(&self) -> Vec<JudgedFigures> {
+        Vec::new()
     }
 
     /// Whether this instance runs the guard and rollouts (always, alone; in a fleet, the one
