@@ -274,30 +274,40 @@ async fn a_refused_connection_is_retried_on_another_backend() {
 async fn protocol_upgrades_pass_through() {
     let (_blue, _green, proxy) = two_pools().await;
 
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(
-        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).await.unwrap(),
-            1,
-            "connection closed early"
+    // Many in a row: the tunnel used to close right after the 101 when pingora read the 101
+    // before it had forwarded the end of the (empty) request body, about 1 upgrade in 20 on a
+    // loaded machine (vendor/README.md, patch 9).
+    for round in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut byte).await.unwrap(),
+                1,
+                "round {round}: connection closed early"
+            );
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "round {round}: got {head}"
         );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "got {head}");
-    for msg in [&b"hello"[..], b"second message", &[0u8, 1, 2, 255]] {
-        s.write_all(msg).await.unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).await.unwrap();
-        assert_eq!(back, msg);
+        for msg in [&b"hello"[..], b"second message", &[0u8, 1, 2, 255]] {
+            s.write_all(msg).await.unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: echo of {msg:?}: {e}"));
+            assert_eq!(back, msg);
+        }
     }
 }
 

@@ -324,9 +324,15 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
+                    // [switchyard patch] The end of the request's own (pre-upgrade) body can
+                    // arrive here after the 101 was read: the downstream half queues it before
+                    // it has seen the 101. It ends the request body, not the upgraded stream;
+                    // taking it for the latter ended the tunnel right after the handshake.
+                    let pre_upgrade_body_end =
+                        upgraded && matches!(body, Some(HttpTask::Body(_, true)));
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
-                            request_done = send_done;
+                            request_done = send_done && !pre_upgrade_body_end;
                             // An upgraded request is terminated when either side is done
                             if request_done && client_session.was_upgraded() {
                                 response_done = true;
