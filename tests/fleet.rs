@@ -678,3 +678,97 @@ async fn a_canary_failing_behind_one_instance_is_judged_on_the_whole_fleet() {
         .collect();
     assert_eq!(events, ["canary", "guard"]);
 }
+
+/// Figures for benches/RESULTS.md (not a pass/fail test: the machine is shared and noisy):
+/// `cargo test --release --test fleet measure_ -- --ignored --nocapture`.
+///
+/// Under load through all three instances, 100 flips through instance a, alternating colours:
+/// the flip's latency as the caller sees it (admin call, ack), and the time from the ack to the
+/// last of the three serving the new generation (polled in-process every 100 µs, so the figure
+/// includes up to that much). Next to it, the same flips against one instance on the file store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_flip_propagation() {
+    const FLIPS: usize = 100;
+    let f = fleet_of_three("measure").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for p in &f.proxies {
+        let (stop, addr) = (stop.clone(), p.addr);
+        load.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(c.get("/").await.unwrap().status, 200);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let single = Proxy::start(&pools_toml(&[f.blue.addr], &[f.green.addr])).await;
+    let (mut fleet_ack, mut propagation, mut file_ack) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 0..FLIPS {
+        let to = if i % 2 == 0 { "green" } else { "blue" };
+        let t = Instant::now();
+        let (code, a) = admin(
+            &f.proxies[0].socket(),
+            "POST",
+            "/v1/flip",
+            Some(json!({"to": to})),
+        )
+        .await;
+        let acked = Instant::now();
+        assert_eq!(code, 200, "{a}");
+        fleet_ack.push(acked - t);
+        let g = a["generation"].as_u64().unwrap();
+        loop {
+            if f.proxies
+                .iter()
+                .all(|p| p.switchboard.state().generation >= g)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        propagation.push(acked.elapsed());
+        let t = Instant::now();
+        let (code, _) = admin(
+            &single.socket(),
+            "POST",
+            "/v1/flip",
+            Some(json!({"to": to})),
+        )
+        .await;
+        assert_eq!(code, 200);
+        file_ack.push(t.elapsed());
+    }
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for l in load {
+        served += l.await.unwrap();
+    }
+    let pct = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i].as_secs_f64() * 1000.0
+    };
+    println!(
+        "load: {served} requests through 3 instances in {:.1}s ({:.0}/s)",
+        took.as_secs_f64(),
+        served as f64 / took.as_secs_f64()
+    );
+    println!(
+        "ack -> last instance applied: p50 {:.2} ms, p99 {:.2} ms",
+        pct(&mut propagation, 0.5),
+        pct(&mut propagation, 0.99)
+    );
+    println!(
+        "flip latency, etcd: p50 {:.2} ms, p99 {:.2} ms; file: p50 {:.2} ms, p99 {:.2} ms",
+        pct(&mut fleet_ack, 0.5),
+        pct(&mut fleet_ack, 0.99),
+        pct(&mut file_ack, 0.5),
+        pct(&mut file_ack, 0.99)
+    );
+}

@@ -570,3 +570,45 @@ refresh = "1s"
     assert_eq!(c.dns.servers, ["127.0.0.1:5353".parse().unwrap()]);
     assert_eq!(c.dns.refresh, Duration::from_secs(1));
 }
+
+#[test]
+fn the_state_backend_is_the_file_unless_etcd_is_asked_for() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.state.backend, StateBackend::File);
+    let text = format!(
+        "{MINIMAL}[state]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379/\"]\n\
+         fleet = \"prod\"\ninstance = \"proxy-1\"\n"
+    );
+    let c = Config::parse(&text, "t.toml").unwrap();
+    let StateBackend::Etcd(e) = &c.state.backend else {
+        panic!("{:?}", c.state.backend)
+    };
+    assert_eq!(e.endpoints, ["http://127.0.0.1:2379"]);
+    assert_eq!((e.fleet.as_str(), e.instance.as_str()), ("prod", "proxy-1"));
+    assert_eq!(e.lease_ttl, defaults::LEASE_TTL);
+}
+
+#[test]
+fn etcd_settings_are_checked_and_located() {
+    let text = format!(
+        "{MINIMAL}[state]\nbackend = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\n\
+         lease_ttl = \"1s\"\ncert_file = \"/c.pem\"\n"
+    );
+    let errs = Config::parse(&text, "t.toml").unwrap_err();
+    let text_of = errs.to_string();
+    for want in [
+        "t.toml:8:14: [state] endpoint `127.0.0.1:2379` is not an http:// or https:// URL",
+        "t.toml:7:11: [state] backend = \"etcd\" needs a fleet name",
+        "t.toml:9:13: [state] lease_ttl must be at least 2s",
+        "t.toml:10:13: [state] a client certificate needs both cert_file and key_file; add key_file",
+    ] {
+        assert!(text_of.contains(want), "missing {want:?} in:\n{text_of}");
+    }
+    // An etcd setting without the etcd backend is a mistake, not silently ignored.
+    let text = format!("{MINIMAL}[state]\nfleet = \"prod\"\n");
+    let errs = Config::parse(&text, "t.toml").unwrap_err().to_string();
+    assert!(
+        errs.contains("t.toml:7:9: [state] fleet is an etcd setting"),
+        "{errs}"
+    );
+}
