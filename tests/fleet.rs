@@ -408,19 +408,99 @@ async fn losing_etcd_keeps_traffic_flowing_and_refuses_changes() {
     assert!(ok > 0);
 }
 
+/// Instance `name` as a real `switchyard serve` process (so it can be killed with SIGKILL).
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    socket: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// Writes the config for instance `name` under `dir` (once) and starts it; waits until its
+    /// proxy and admin socket answer.
+    async fn start(dir: &std::path::Path, toml: &str, port: u16) -> Serve {
+        let config = dir.join("switchyard.toml");
+        if !config.exists() {
+            let text = format!(
+                "{FAST_HEALTH}[listen]\nhttp = [\"127.0.0.1:{port}\"]\n\
+                 [admin]\nsocket = \"{d}/run/admin.sock\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{m}\"\n{toml}",
+                d = dir.display(),
+                m = free_port(),
+            )
+            .replace(
+                "[state]\n",
+                &format!("[state]\ndir = \"{}/state\"\n", dir.display()),
+            );
+            std::fs::write(&config, text).unwrap();
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Serve {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            socket: dir.join("run/admin.sock"),
+        };
+        let (addr, socket) = (s.addr, s.socket.clone());
+        wait_for(
+            "switchyard serve to accept",
+            Duration::from_secs(20),
+            || {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::TcpStream::connect(addr).await.ok()?;
+                    tokio::net::UnixStream::connect(&socket).await.ok()?;
+                    Some(())
+                }
+            },
+        )
+        .await;
+        s
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_instance_leaves_the_fleet_within_the_lease_and_comes_back_current() {
-    let mut f = fleet_of_three("dead").await;
-    // c stops without a word to etcd (its lease is not revoked): it must drop out within the
-    // lease TTL (3 s here).
-    let c = f.proxies.pop().unwrap();
-    let c_toml_dir = c.config_file.clone();
-    let toml = std::fs::read_to_string(&c_toml_dir).unwrap();
-    let gone = Instant::now();
-    drop(c);
+async fn an_instance_killed_leaves_the_fleet_within_the_lease_and_comes_back_current() {
+    let etcd = Etcd::start().await;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut proxies = Vec::new();
+    for name in ["a", "b"] {
+        let toml = member_toml(blue.addr, green.addr, &etcd, "dead", name);
+        proxies.push(Proxy::start(&toml).await);
+    }
+    let c_dir = tempfile::tempdir().unwrap();
+    let c_port = free_port();
+    let c_toml = member_toml(blue.addr, green.addr, &etcd, "dead", "c");
+    let mut c = Serve::start(c_dir.path(), &c_toml, c_port).await;
+    let f = Fleet {
+        etcd,
+        blue,
+        green,
+        proxies,
+    };
+    f.wait_members(&["a", "b", "c"], 0).await;
+
+    // SIGKILL: c says nothing to etcd; it must drop out within the lease TTL (3 s here).
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let killed = Instant::now();
     f.wait_members(&["a", "b"], 0).await;
-    let took = gone.elapsed();
+    let took = killed.elapsed();
     assert!(took < Duration::from_secs(3 + 2), "took {took:?}");
+    drop(c);
 
     // --wait-fleet does not wait for it.
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -437,22 +517,15 @@ async fn a_dead_instance_leaves_the_fleet_within_the_lease_and_comes_back_curren
     assert_eq!(answer["fleet_applied"]["instances"], json!(["a", "b"]));
     let generation = answer["generation"].as_u64().unwrap();
 
-    // Restarted (a new process, its old state dir gone with it), it comes up on the fleet's
-    // state and reports it.
-    let toml = toml
-        .split("[pools.blue]")
-        .nth(1)
-        .map(|rest| format!("[pools.blue]{rest}"))
-        .unwrap();
-    let toml = toml.replace("[state]\ndir", "[state]\nold_dir");
-    let toml: String = toml
-        .lines()
-        .filter(|l| !l.starts_with("old_dir"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let c = Proxy::start(&toml).await;
-    wait_serving(&c, "green").await;
-    f.proxies.push(c);
+    // Restarted on its old state directory (whose state.json is from before the flip), it comes
+    // up on the fleet's current state and reports it.
+    let c = Serve::start(c_dir.path(), &c_toml, c_port).await;
+    wait_for("c to serve green", Duration::from_secs(10), || async {
+        (get(c.addr, "/").await.pool() == Some("green")).then_some(())
+    })
+    .await;
+    let (_, s) = admin(&c.socket, "GET", "/v1/status", None).await;
+    assert_eq!(s["generation"], json!(generation), "{s}");
     f.wait_members(&["a", "b", "c"], generation).await;
 }
 
