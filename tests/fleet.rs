@@ -756,9 +756,9 @@ async fn a_canary_failing_behind_one_instance_is_judged_on_the_whole_fleet() {
 /// `cargo test --release --test fleet measure_ -- --ignored --nocapture`.
 ///
 /// Under load through all three instances, 100 flips through instance a, alternating colours:
-/// the flip's latency as the caller sees it (admin call, ack), and the time from the ack to the
-/// last of the three serving the new generation (polled in-process every 100 µs, so the figure
-/// includes up to that much). Next to it, the same flips against one instance on the file store.
+/// the flip's latency as the caller sees it (admin call, ack), the time from the ack to the last
+/// of the three serving the new generation, and from sending the flip to that (polled in-process
+/// every 100 µs, so the figures include up to that much). Next to it, the same flips against one instance on the file store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn measure_flip_propagation() {
@@ -780,6 +780,7 @@ async fn measure_flip_propagation() {
     }
     let single = Proxy::start(&pools_toml(&[f.blue.addr], &[f.green.addr])).await;
     let (mut fleet_ack, mut propagation, mut file_ack) = (Vec::new(), Vec::new(), Vec::new());
+    let mut end_to_end = Vec::new();
     let started = Instant::now();
     for i in 0..FLIPS {
         let to = if i % 2 == 0 { "green" } else { "blue" };
@@ -805,6 +806,7 @@ async fn measure_flip_propagation() {
             tokio::time::sleep(Duration::from_micros(100)).await;
         }
         propagation.push(acked.elapsed());
+        end_to_end.push(t.elapsed());
         let t = Instant::now();
         let (code, _) = admin(
             &single.socket(),
@@ -836,6 +838,11 @@ async fn measure_flip_propagation() {
         "ack -> last instance applied: p50 {:.2} ms, p99 {:.2} ms",
         pct(&mut propagation, 0.5),
         pct(&mut propagation, 0.99)
+    );
+    println!(
+        "request sent -> last instance applied: p50 {:.2} ms, p99 {:.2} ms",
+        pct(&mut end_to_end, 0.5),
+        pct(&mut end_to_end, 0.99)
     );
     println!(
         "flip latency, etcd: p50 {:.2} ms, p99 {:.2} ms; file: p50 {:.2} ms, p99 {:.2} ms",
