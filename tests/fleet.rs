@@ -257,8 +257,33 @@ async fn a_flip_through_one_instance_reaches_the_whole_fleet() {
         })
         .await;
     }
-    drop(f.blue);
-    drop(f.green);
+    // ctl status shows the fleet: where, who leads... and each instance at its generation.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "--socket"])
+        .arg(f.proxies[1].socket())
+        .arg("status")
+        .env_remove("SWITCHYARD_SOCKET")
+        .env_remove("SWITCHYARD_URL")
+        .env_remove("SWITCHYARD_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "fleet (etcd at /switchyard/flip/state; this is b; guard and rollouts led by"
+        ),
+        "{text}"
+    );
+    for name in ["a", "b", "c"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{text}"));
+        assert!(
+            line.split_whitespace().nth(1) == Some(&generation.to_string()[..]),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -267,10 +267,11 @@ fn fleet_section(a: &Value, fleet: &Value) -> String {
     let generation = a["generation"].as_u64().unwrap_or(0);
     let mut out = if fleet["up"] == Value::Bool(true) {
         format!(
-            "\nfleet ({} at {}; this is {})\n",
+            "\nfleet ({} at {}; this is {}; guard and rollouts led by {})\n",
             s(&fleet["backend"]),
             s(&fleet["key"]),
-            s(&fleet["instance"])
+            s(&fleet["instance"]),
+            fleet["leader"].as_str().unwrap_or("nobody yet")
         )
     } else {
         format!(
