@@ -877,3 +877,59 @@ async fn measure_flip_propagation() {
         pct(&mut file_ack, 0.99)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_while_etcd_is_down_comes_up_on_the_last_applied_state() {
+    let mut etcd = Etcd::start().await;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = member_toml(blue.addr, green.addr, &etcd, "restart", "solo");
+    let solo = Serve::start(dir.path(), &toml, port).await;
+    let (code, a) = admin(
+        &solo.socket,
+        "POST",
+        "/v1/flip",
+        Some(json!({"to": "green"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{a}");
+    let generation = a["generation"].as_u64().unwrap();
+    // Its own copy of what it applied.
+    let copy = dir.path().join("state/state.json");
+    wait_for("the local copy", Duration::from_secs(5), || {
+        let copy = copy.clone();
+        async move {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&copy).ok()?).ok()?;
+            (v["route"]["generation"] == json!(generation)).then_some(())
+        }
+    })
+    .await;
+
+    etcd.stop();
+    drop(solo); // SIGKILL
+    let solo = Serve::start(dir.path(), &toml, port).await;
+    wait_for(
+        "the restarted instance to serve",
+        Duration::from_secs(10),
+        || async { (get(solo.addr, "/").await.pool() == Some("green")).then_some(()) },
+    )
+    .await;
+    let (_, s) = admin(&solo.socket, "GET", "/v1/status", None).await;
+    assert_eq!(s["primary"], "green");
+    assert_eq!(s["generation"], json!(generation));
+    assert_eq!(s["fleet"]["up"], json!(false), "{s}");
+    let (code, e) = admin(
+        &solo.socket,
+        "POST",
+        "/v1/flip",
+        Some(json!({"to": "blue"})),
+    )
+    .await;
+    assert_eq!(
+        (code, e["code"].as_str()),
+        (503, Some("state_backend_unavailable")),
+        "{e}"
+    );
+}
