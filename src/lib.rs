@@ -19,6 +19,7 @@ pub mod guard;
 pub mod health;
 pub mod httpd;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod pools;

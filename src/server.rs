@@ -16,6 +16,7 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
 use crate::admin::{Admin, AdminParts, GuardService};
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::dns::{self, Names};
 use crate::health::{HealthChecker, HealthControl};
 use crate::httpd::{HandOver, Kind, Listener, UnixBindError};
+use crate::memory::Trimming;
 use crate::metrics::{Metrics, MetricsService};
 use crate::notify::Notifier;
 use crate::preview::{PreviewError, PreviewKey};
@@ -258,9 +260,8 @@ impl Switchyard {
         add_background(&mut server, "upgrade phase", phase_watch);
 
         let proxy = Proxy::new(switchboard.clone(), metrics.clone());
-        let mut proxy_service =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
-        if let Some(app) = proxy_service.app_logic_mut() {
+        let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+        {
             let mut options = pingora::apps::HttpServerOptions::default();
             options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
             // The request-head limits apply while the head is read, before any filter runs
@@ -273,6 +274,7 @@ impl Switchyard {
             options.h1_refuse_unparsable_request_line = true;
             app.server_options = Some(options);
         }
+        let mut proxy_service = Service::new("proxy".to_string(), Trimming::new(app));
         for addr in &config.listen {
             let listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(
                 CLIENT_READ_BUFFER,
