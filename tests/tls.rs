@@ -1,0 +1,394 @@
+//! TLS and HTTP/2 at the edge: certificates chosen by SNI from a throwaway CA made here, ALPN,
+//! reload of renewed certificates, certificate errors at `check` and start, redirects, expiry
+//! metrics, h2c, and the pingora#935 workaround. curl (Debian's, with nghttp2) is the client
+//! where a real one matters.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+/// A certificate authority that lives for one test.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// Writes the CA's certificate to `dir/<file>`.
+    fn write(&self, dir: &Path, file: &str) -> PathBuf {
+        let p = dir.join(file);
+        std::fs::write(&p, self.cert.pem()).unwrap();
+        p
+    }
+
+    /// A leaf for `names` valid for `days` more days, written as `dir/<stem>.pem` (the leaf, then
+    /// this CA) and `dir/<stem>.key`.
+    fn issue(&self, dir: &Path, stem: &str, names: &[&str], days: i64) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(days);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, format!("{}{}", cert.pem(), self.cert.pem())).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// `[[tls.certificate]]` for each `(cert, key)`.
+fn certificates(pairs: &[(PathBuf, PathBuf)]) -> String {
+    pairs
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "[[tls.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+                c.display(),
+                k.display()
+            )
+        })
+        .collect()
+}
+
+/// The outcome of one curl run.
+#[derive(Debug)]
+struct Curl {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs curl with `args` (asynchronously: the upstreams run on this test's runtime).
+async fn curl(args: &[&str]) -> Curl {
+    let out = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is needed for the TLS tests (`./dev test` installs it: apt-get install curl)");
+    Curl {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// curl to `https://<host>:<port>/<path>` at 127.0.0.1, trusting `ca`, printing the body, then
+/// a line with the HTTP version.
+async fn curl_https(host: &str, port: u16, ca: &Path, path: &str, extra: &[&str]) -> Curl {
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let url = format!("https://{host}:{port}{path}");
+    let ca = ca.display().to_string();
+    let mut args = vec![
+        "--resolve",
+        &resolve,
+        "--cacert",
+        &ca,
+        "--write-out",
+        "\n%{http_version}",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    curl(&args).await
+}
+
+/// A proxy with an https listener serving `pairs`, both pools healthy; its https port.
+async fn https_proxy(
+    blue: &Upstream,
+    green: &Upstream,
+    pairs: &[(PathBuf, PathBuf)],
+    listen_extra: &str,
+) -> (Proxy, u16) {
+    let port = free_port();
+    let toml = format!(
+        "[listen]\nhttps = [\"127.0.0.1:{port}\"]\n{listen_extra}\n{}{}",
+        certificates(pairs),
+        pools_toml(&[blue.addr], &[green.addr])
+    );
+    let proxy = Proxy::start(&toml).await;
+    let https: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("the https listener", READY_DEADLINE, || async move {
+        tokio::net::TcpStream::connect(https).await.ok().map(|_| ())
+    })
+    .await;
+    (proxy, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_each_names_certificate_and_alpn_negotiates_h2_or_http11() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("switchyard test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let shop = ca.issue(dir.path(), "shop", &["shop.test"], 90);
+    let api = ca.issue(dir.path(), "api", &["*.api.test"], 90);
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (_proxy, port) = https_proxy(&blue, &green, &[shop, api], "").await;
+
+    // curl verifies the served certificate against the name it asked for: each name succeeding
+    // means each got its own certificate (shop.test is not in the wildcard's, nor the reverse).
+    let r = curl_https("shop.test", port, &ca_file, "/", &["--http2"]).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(r.stdout, "blue\n2", "h2 by ALPN: {r:?}");
+    let r = curl_https("v1.api.test", port, &ca_file, "/", &["--http1.1"]).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(r.stdout, "blue\n1.1", "http/1.1 when the client offers only that: {r:?}");
+
+    // A name no entry has gets the default (the first, shop.test), which curl refuses for it.
+    let r = curl_https("other.test", port, &ca_file, "/", &[]).await;
+    assert_eq!(r.code, Some(60), "certificate mismatch expected: {r:?}");
+    assert!(r.stderr.contains("other.test"), "{r:?}");
+
+    // The backend is told the request came in over https.
+    let seen = blue.seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    for s in seen.iter() {
+        assert_eq!(s.headers.get("x-forwarded-proto").unwrap(), "https");
+    }
+}
+
+/// An HTTP/2-over-TLS client connection kept open by the test.
+async fn h2_over_tls(
+    port: u16,
+    host: &str,
+    ca: &Path,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<Bytes>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<Bytes>>,
+    url: &str,
+) -> (u16, String) {
+    let req = hyper::Request::get(url)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 request");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_the_renewed_certificate_to_new_handshakes_and_keeps_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = Ca::new("old CA");
+    let new_ca = Ca::new("new CA");
+    let old_ca_file = old_ca.write(dir.path(), "old-ca.pem");
+    let new_ca_file = new_ca.write(dir.path(), "new-ca.pem");
+    let (cert, key) = old_ca.issue(dir.path(), "shop", &["shop.test"], 90);
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (proxy, port) = https_proxy(&blue, &green, &[(cert.clone(), key.clone())], "").await;
+
+    let mut open = h2_over_tls(port, "shop.test", &old_ca_file).await;
+    let url = format!("https://shop.test:{port}/");
+    assert_eq!(h2_get(&mut open, &url).await, (200, "blue".into()));
+    let r = curl_https("shop.test", port, &new_ca_file, "/", &[]).await;
+    assert_eq!(r.code, Some(60), "not renewed yet: {r:?}");
+
+    // Renew in place (same file names, a new key from another CA), then reload.
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let (c2, k2) = new_ca.issue(renewed_dir.path(), "shop", &["shop.test"], 90);
+    std::fs::copy(&c2, &cert).unwrap();
+    std::fs::copy(&k2, &key).unwrap();
+    let (code, reply) = admin(&proxy.socket(), "POST", "/v1/reload", None).await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["changed"], true, "{reply}");
+    assert!(
+        reply["summary"].as_str().unwrap().contains("tls.certificate"),
+        "{reply}"
+    );
+
+    let r = curl_https("shop.test", port, &new_ca_file, "/", &[]).await;
+    assert_eq!(r.code, Some(0), "a new handshake gets the renewed certificate: {r:?}");
+    let r = curl_https("shop.test", port, &old_ca_file, "/", &[]).await;
+    assert_eq!(r.code, Some(60), "and no longer the old one: {r:?}");
+    // The h2 connection opened before the reload goes on working.
+    for _ in 0..3 {
+        assert_eq!(h2_get(&mut open, &url).await, (200, "blue".into()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_certificate_at_reload_is_refused_and_the_old_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let shop = ca.issue(dir.path(), "shop", &["shop.test"], 90);
+    let other = ca.issue(dir.path(), "other", &["other.test"], 90);
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (proxy, port) = https_proxy(&blue, &green, &[shop.clone()], "").await;
+    // The key of another certificate.
+    std::fs::copy(&other.1, &shop.1).unwrap();
+    let (code, reply) = admin(&proxy.socket(), "POST", "/v1/reload", None).await;
+    assert_eq!(code, 422, "{reply}");
+    assert_eq!(reply["code"], "invalid_config", "{reply}");
+    let errors = reply["errors"].to_string();
+    assert!(errors.contains("does not belong to the certificate"), "{reply}");
+    assert!(errors.contains("switchyard.toml:"), "located: {reply}");
+    let r = curl_https("shop.test", port, &ca_file, "/", &[]).await;
+    assert_eq!(r.code, Some(0), "the certificate in force is still served: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_are_redirected_to_https_with_308() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("CA");
+    let shop = ca.issue(dir.path(), "shop", &["shop.test"], 90);
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (proxy, port) = https_proxy(&blue, &green, &[shop], "redirect_to_https = true\n").await;
+    let mut c = Client::connect(proxy.addr).await;
+    let req = hyper::Request::get("/cart?id=7")
+        .header("host", "shop.test:8080")
+        .body(http_body_util::Either::Left(http_body_util::Full::new(
+            Bytes::new(),
+        )))
+        .unwrap();
+    let r = c.send(req).await.unwrap();
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        &format!("https://shop.test:{port}/cart?id=7")
+    );
+    assert_eq!(blue.hits() + green.hits(), 0, "nothing was proxied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_is_a_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("CA");
+    let shop = ca.issue(dir.path(), "shop", &["shop.test"], 30);
+    let api = ca.issue(dir.path(), "api", &["*.api.test", "api.test"], 5);
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (proxy, _) = https_proxy(&blue, &green, &[shop, api], "").await;
+    let scrape = scrape(&proxy).await;
+    let expiry = |name: &str| {
+        sample(
+            &scrape,
+            "switchyard_tls_cert_expiry_seconds",
+            &[("name", name)],
+        )
+        .unwrap_or_else(|| panic!("no expiry for {name}"))
+    };
+    let day = 86_400.0;
+    let shop = expiry("shop.test");
+    assert!((29.0 * day..=30.0 * day).contains(&shop), "{shop}");
+    let api = expiry("*.api.test");
+    assert!((4.0 * day..=5.0 * day).contains(&api), "{api}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_on_the_plain_listener_and_http11_beside_it() {
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let proxy = Proxy::start(&format!(
+        "[listen]\nh2c = true\n\n{}",
+        pools_toml(&[blue.addr], &[green.addr])
+    ))
+    .await;
+    let url = proxy.url("/");
+    let r = curl(&["--http2-prior-knowledge", "--write-out", "\n%{http_version}", &url]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "blue\n2"), "{r:?}");
+    let r = curl(&["--http1.1", "--write-out", "\n%{http_version}", &url]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "blue\n1.1"), "{r:?}");
+    let seen = blue.seen.lock().unwrap();
+    assert_eq!(seen[0].headers.get("x-forwarded-proto").unwrap(), "http");
+}
+
+/// pingora#935: an h2 upload that ends with an empty DATA frame (END_STREAM) made pingora write
+/// the chunked terminator twice to the HTTP/1.1 backend, so the pooled connection was out of
+/// step and the next request on it failed. With the workaround every request succeeds and the
+/// one backend connection is reused throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_uploads_ending_with_an_empty_data_frame_leave_the_upstream_connection_usable() {
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let proxy = Proxy::start(&format!(
+        "[listen]\nh2c = true\n\n[upstream]\nidle_timeout = \"30s\"\n\n{}",
+        pools_toml(&[blue.addr], &[green.addr])
+    ))
+    .await;
+    let url = proxy.url("/echo");
+    for i in 0..5 {
+        // curl -T - sends the body as it reads stdin, then an empty DATA frame at EOF.
+        let mut child = tokio::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "10",
+                "--http2-prior-knowledge",
+                "-T",
+                "-",
+                "-X",
+                "POST",
+                &url,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(format!("upload {i}").as_bytes()).await.unwrap();
+        }
+        let out = child.wait_with_output().await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("upload {i}"));
+        // An ordinary request right after, on the same pooled upstream connection.
+        let r = curl(&["--http2-prior-knowledge", &proxy.url("/after")]).await;
+        assert_eq!((r.code, r.stdout.as_str()), (Some(0), "blue"), "after upload {i}: {r:?}");
+    }
+    let seen = blue.seen.lock().unwrap();
+    assert_eq!(seen.len(), 10, "every request reached the backend once");
+    let peers: std::collections::HashSet<_> = seen.iter().map(|s| s.peer).collect();
+    assert_eq!(peers.len(), 1, "one upstream connection, reused: {peers:?}");
+}
