@@ -392,3 +392,101 @@ async fn h2_uploads_ending_with_an_empty_data_frame_leave_the_upstream_connectio
     let peers: std::collections::HashSet<_> = seen.iter().map(|s| s.peer).collect();
     assert_eq!(peers.len(), 1, "one upstream connection, reused: {peers:?}");
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A config file for the binary with an https listener and `pairs` as certificates.
+fn binary_config(dir: &Path, pairs: &[(PathBuf, PathBuf)]) -> PathBuf {
+    let path = dir.join("switchyard.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\nhttps = [\"127.0.0.1:{}\"]\n\n\
+             [admin]\nsocket = \"{d}/admin.sock\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n\
+             [state]\ndir = \"{d}/state\"\n\n{}\
+             [pools.blue]\nbackends = [\"127.0.0.1:1\"]\n[pools.green]\nbackends = [\"127.0.0.1:2\"]\n",
+            free_port(),
+            free_port(),
+            free_port(),
+            certificates(pairs),
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn run(args: &[&str], path: &Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .arg("-c")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_key_of_another_certificate_is_a_located_check_error_and_serve_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("CA");
+    let (cert, _) = ca.issue(dir.path(), "shop", &["shop.test"], 90);
+    let (_, other_key) = ca.issue(dir.path(), "other", &["other.test"], 90);
+    let path = binary_config(dir.path(), &[(cert.clone(), other_key.clone())]);
+    let f = path.display();
+    let message = format!(
+        "[[tls.certificate]]: the key in {} does not belong to the certificate in {}; give the \
+         key the certificate was issued for",
+        other_key.display(),
+        cert.display()
+    );
+    let (code, _, stderr) = run(&["check"], &path);
+    assert_eq!(code, Some(1), "{stderr}");
+    // Line 15: `cert = ...` of the entry (after the listen, admin, metrics and state sections
+    // and the `[[tls.certificate]]` line).
+    let located = format!("{f}:15:8: {message}");
+    assert_eq!(stderr.lines().next(), Some(located.as_str()), "{stderr}");
+
+    let (code, _, stderr) = run(&["serve"], &path);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().next(), Some(located.as_str()), "{stderr}");
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+}
+
+#[test]
+fn an_expired_certificate_is_an_error_and_one_near_expiry_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("CA");
+    let expired = ca.issue(dir.path(), "old", &["old.test"], -1);
+    let path = binary_config(dir.path(), &[expired.clone()]);
+    let (code, _, stderr) = run(&["check"], &path);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the certificate in {} expired on",
+            expired.0.display()
+        )),
+        "{stderr}"
+    );
+
+    let soon = ca.issue(dir.path(), "soon", &["soon.test"], 10);
+    let path = binary_config(dir.path(), &[soon.clone()]);
+    let (code, stdout, stderr) = run(&["check"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: the certificate for soon.test in {} expires in 9 days",
+            soon.0.display()
+        )) || stderr.contains(&format!(
+            "warning: the certificate for soon.test in {} expires in 10 days",
+            soon.0.display()
+        )),
+        "{stderr}"
+    );
+}
