@@ -30,9 +30,9 @@ use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 
 use crate::config::{HealthConfig, UpstreamProtocol};
-use crate::tls::upstream::Transport;
 use crate::pools::Backend;
 use crate::routing::{PoolId, Switchboard};
+use crate::tls::upstream::Transport;
 
 /// The health settings in force, and the wake-up for the checker when they or the pools'
 /// membership change. Shared between the checker and whoever reloads the configuration.
@@ -122,7 +122,12 @@ impl Tracker {
 /// Runs one check against `addr`, spoken to as its pool's `transport` says (HTTP/1.1, h2c, or
 /// either over TLS, verified as requests are), so a backend that answers plain HTTP/1.1 but
 /// not the protocol its pool declares is not taken as healthy.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration, transport: &Transport) -> Probe {
+pub async fn probe(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    transport: &Transport,
+) -> Probe {
     let check = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await

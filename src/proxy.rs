@@ -152,9 +152,7 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 
 /// Whether the client connection is TLS (an `[listen] https` listener).
 fn is_tls(session: &Session) -> bool {
-    session
-        .digest()
-        .is_some_and(|d| d.ssl_digest.is_some())
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Answers a plain-HTTP request with a 308 to the same URL over https on `port`

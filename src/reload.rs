@@ -124,7 +124,11 @@ impl Plan {
             d.set(&key("protocol"), &o.protocol.as_str(), &n.protocol.as_str());
             d.set(&key("tls"), &o.tls, &n.tls);
             d.set(&key("sni"), &opt(&o.sni), &opt(&n.sni));
-            d.set(&key("ca_file"), &opt_path(&o.ca_file), &opt_path(&n.ca_file));
+            d.set(
+                &key("ca_file"),
+                &opt_path(&o.ca_file),
+                &opt_path(&n.ca_file),
+            );
         }
         d.restart(
             "admin.socket",

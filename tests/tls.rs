@@ -86,7 +86,9 @@ async fn curl(args: &[&str]) -> Curl {
         .args(args)
         .output()
         .await
-        .expect("curl is needed for the TLS tests (`./dev test` installs it: apt-get install curl)");
+        .expect(
+            "curl is needed for the TLS tests (`./dev test` installs it: apt-get install curl)",
+        );
     Curl {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -142,7 +144,10 @@ async fn sni_picks_each_names_certificate_and_alpn_negotiates_h2_or_http11() {
     let ca_file = ca.write(dir.path(), "ca.pem");
     let shop = ca.issue(dir.path(), "shop", &["shop.test"], 90);
     let api = ca.issue(dir.path(), "api", &["*.api.test"], 90);
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let (_proxy, port) = https_proxy(&blue, &green, &[shop, api], "").await;
 
     // curl verifies the served certificate against the name it asked for: each name succeeding
@@ -152,7 +157,10 @@ async fn sni_picks_each_names_certificate_and_alpn_negotiates_h2_or_http11() {
     assert_eq!(r.stdout, "blue\n2", "h2 by ALPN: {r:?}");
     let r = curl_https("v1.api.test", port, &ca_file, "/", &["--http1.1"]).await;
     assert_eq!(r.code, Some(0), "{r:?}");
-    assert_eq!(r.stdout, "blue\n1.1", "http/1.1 when the client offers only that: {r:?}");
+    assert_eq!(
+        r.stdout, "blue\n1.1",
+        "http/1.1 when the client offers only that: {r:?}"
+    );
 
     // A name no entry has gets the default (the first, shop.test), which curl refuses for it.
     let r = curl_https("other.test", port, &ca_file, "/", &[]).await;
@@ -225,7 +233,10 @@ async fn a_reload_serves_the_renewed_certificate_to_new_handshakes_and_keeps_ope
     let old_ca_file = old_ca.write(dir.path(), "old-ca.pem");
     let new_ca_file = new_ca.write(dir.path(), "new-ca.pem");
     let (cert, key) = old_ca.issue(dir.path(), "shop", &["shop.test"], 90);
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let (proxy, port) = https_proxy(&blue, &green, &[(cert.clone(), key.clone())], "").await;
 
     let mut open = h2_over_tls(port, "shop.test", &old_ca_file).await;
@@ -243,12 +254,19 @@ async fn a_reload_serves_the_renewed_certificate_to_new_handshakes_and_keeps_ope
     assert_eq!(code, 200, "{reply}");
     assert_eq!(reply["changed"], true, "{reply}");
     assert!(
-        reply["summary"].as_str().unwrap().contains("tls.certificate"),
+        reply["summary"]
+            .as_str()
+            .unwrap()
+            .contains("tls.certificate"),
         "{reply}"
     );
 
     let r = curl_https("shop.test", port, &new_ca_file, "/", &[]).await;
-    assert_eq!(r.code, Some(0), "a new handshake gets the renewed certificate: {r:?}");
+    assert_eq!(
+        r.code,
+        Some(0),
+        "a new handshake gets the renewed certificate: {r:?}"
+    );
     let r = curl_https("shop.test", port, &old_ca_file, "/", &[]).await;
     assert_eq!(r.code, Some(60), "and no longer the old one: {r:?}");
     // The h2 connection opened before the reload goes on working.
@@ -264,7 +282,10 @@ async fn a_bad_certificate_at_reload_is_refused_and_the_old_one_stays() {
     let ca_file = ca.write(dir.path(), "ca.pem");
     let shop = ca.issue(dir.path(), "shop", &["shop.test"], 90);
     let other = ca.issue(dir.path(), "other", &["other.test"], 90);
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let (proxy, port) = https_proxy(&blue, &green, &[shop.clone()], "").await;
     // The key of another certificate.
     std::fs::copy(&other.1, &shop.1).unwrap();
@@ -272,10 +293,17 @@ async fn a_bad_certificate_at_reload_is_refused_and_the_old_one_stays() {
     assert_eq!(code, 422, "{reply}");
     assert_eq!(reply["code"], "invalid_config", "{reply}");
     let errors = reply["errors"].to_string();
-    assert!(errors.contains("does not belong to the certificate"), "{reply}");
+    assert!(
+        errors.contains("does not belong to the certificate"),
+        "{reply}"
+    );
     assert!(errors.contains("switchyard.toml:"), "located: {reply}");
     let r = curl_https("shop.test", port, &ca_file, "/", &[]).await;
-    assert_eq!(r.code, Some(0), "the certificate in force is still served: {r:?}");
+    assert_eq!(
+        r.code,
+        Some(0),
+        "the certificate in force is still served: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +311,10 @@ async fn plain_requests_are_redirected_to_https_with_308() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("CA");
     let shop = ca.issue(dir.path(), "shop", &["shop.test"], 90);
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let (proxy, port) = https_proxy(&blue, &green, &[shop], "redirect_to_https = true\n").await;
     let mut c = Client::connect(proxy.addr).await;
     let req = hyper::Request::get("/cart?id=7")
@@ -307,7 +338,10 @@ async fn certificate_expiry_is_a_metric() {
     let ca = Ca::new("CA");
     let shop = ca.issue(dir.path(), "shop", &["shop.test"], 30);
     let api = ca.issue(dir.path(), "api", &["*.api.test", "api.test"], 5);
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let (proxy, _) = https_proxy(&blue, &green, &[shop, api], "").await;
     let scrape = scrape(&proxy).await;
     let expiry = |name: &str| {
@@ -327,14 +361,23 @@ async fn certificate_expiry_is_a_metric() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_on_the_plain_listener_and_http11_beside_it() {
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let proxy = Proxy::start(&format!(
         "[listen]\nh2c = true\n\n{}",
         pools_toml(&[blue.addr], &[green.addr])
     ))
     .await;
     let url = proxy.url("/");
-    let r = curl(&["--http2-prior-knowledge", "--write-out", "\n%{http_version}", &url]).await;
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        "--write-out",
+        "\n%{http_version}",
+        &url,
+    ])
+    .await;
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), "blue\n2"), "{r:?}");
     let r = curl(&["--http1.1", "--write-out", "\n%{http_version}", &url]).await;
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), "blue\n1.1"), "{r:?}");
@@ -348,7 +391,10 @@ async fn h2c_on_the_plain_listener_and_http11_beside_it() {
 /// one backend connection is reused throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_uploads_ending_with_an_empty_data_frame_leave_the_upstream_connection_usable() {
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let proxy = Proxy::start(&format!(
         "[listen]\nh2c = true\n\n[upstream]\nidle_timeout = \"30s\"\n\n{}",
         pools_toml(&[blue.addr], &[green.addr])
@@ -378,14 +424,21 @@ async fn h2_uploads_ending_with_an_empty_data_frame_leave_the_upstream_connectio
         {
             use tokio::io::AsyncWriteExt;
             let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(format!("upload {i}").as_bytes()).await.unwrap();
+            stdin
+                .write_all(format!("upload {i}").as_bytes())
+                .await
+                .unwrap();
         }
         let out = child.wait_with_output().await.unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("upload {i}"));
         // An ordinary request right after, on the same pooled upstream connection.
         let r = curl(&["--http2-prior-knowledge", &proxy.url("/after")]).await;
-        assert_eq!((r.code, r.stdout.as_str()), (Some(0), "blue"), "after upload {i}: {r:?}");
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (Some(0), "blue"),
+            "after upload {i}: {r:?}"
+        );
     }
     let seen = blue.seen.lock().unwrap();
     assert_eq!(seen.len(), 10, "every request reached the backend once");
@@ -489,4 +542,192 @@ fn an_expired_certificate_is_an_error_and_one_near_expiry_a_warning() {
         )),
         "{stderr}"
     );
+}
+
+/// A response body of given frames (data and trailers), as a gRPC server sends them.
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// A gRPC-style echo backend speaking h2c: `/healthz` answers 200; anything else is answered
+/// with the request's body, `x-served-by: <name>`, and the trailer `grpc-status: 0`. Counts
+/// the streams it served.
+async fn start_h2c_echo(
+    name: &'static str,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            let health = req.uri().path() == "/healthz";
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut frames = std::collections::VecDeque::new();
+                            if health {
+                                frames
+                                    .push_back(hyper::body::Frame::data(Bytes::from_static(b"ok")));
+                            } else {
+                                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                frames.push_back(hyper::body::Frame::data(body));
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                                trailers.insert("grpc-message", "OK".parse().unwrap());
+                                frames.push_back(hyper::body::Frame::trailers(trailers));
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("x-served-by", name)
+                                    .body(Frames(frames))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_style_h2_with_trailers_flips_from_blue_to_green_under_load_without_a_failed_stream() {
+    let (blue, blue_served) = start_h2c_echo("blue").await;
+    let (green, green_served) = start_h2c_echo("green").await;
+    let proxy = Proxy::start(&format!(
+        "[listen]\nh2c = true\n\n\
+         [pools.blue]\nbackends = [\"{blue}\"]\nprotocol = \"h2c\"\n\n\
+         [pools.green]\nbackends = [\"{green}\"]\nprotocol = \"h2c\"\n"
+    ))
+    .await;
+
+    // Clients on h2c connections of their own, each sending streams back to back.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let mut sender = sender.clone();
+        let stop = stop.clone();
+        let url = format!("http://{}/echo.Echo/Say", proxy.addr);
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut by) =
+                (0usize, Vec::new(), std::collections::HashMap::new());
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let msg = Bytes::from(format!("client {c} message {i}"));
+                let req = hyper::Request::post(&url)
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(http_body_util::Full::new(msg.clone()))
+                    .unwrap();
+                let outcome = async {
+                    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                    let status = resp.status();
+                    let served_by = resp
+                        .headers()
+                        .get("x-served-by")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    let collected = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let grpc_status = collected
+                        .trailers()
+                        .and_then(|t| t.get("grpc-status"))
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let body = collected.to_bytes();
+                    if status != 200 || body != msg || grpc_status.as_deref() != Some("0") {
+                        return Err(format!("{status} {body:?} grpc-status {grpc_status:?}"));
+                    }
+                    Ok(served_by)
+                }
+                .await;
+                match outcome {
+                    Ok(pool) => {
+                        ok += 1;
+                        *by.entry(pool).or_insert(0usize) += 1;
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed, by)
+        }));
+    }
+    let served = |n: &std::sync::Arc<std::sync::atomic::AtomicUsize>| {
+        n.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    wait_for("streams to blue", READY_DEADLINE, || {
+        let n = served(&blue_served);
+        async move { (n >= 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        served(&green_served),
+        0,
+        "green serves nothing before the flip"
+    );
+    proxy.flip("green").await;
+    let green_before = served(&green_served);
+    wait_for("streams to green", READY_DEADLINE, || {
+        let n = served(&green_served);
+        async move { (n >= green_before + 200).then_some(()) }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed, mut by) = (0, Vec::new(), std::collections::HashMap::new());
+    for c in clients {
+        let (o, f, b) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+        for (k, v) in b {
+            *by.entry(k).or_insert(0) += v;
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed stream(s): {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(ok, served(&blue_served) + served(&green_served), "{by:?}");
+    assert!(by["blue"] >= 200 && by["green"] >= 200, "{by:?}");
 }

@@ -368,8 +368,7 @@ impl Admin {
                 pool.name,
                 fresh.len()
             );
-            let WarmUp { passed, failed } =
-                run_async(health::warm_up(
+            let WarmUp { passed, failed } = run_async(health::warm_up(
                 &fresh,
                 &crate::tls::upstream::Transport::from_config(&new.pools[id]),
                 &new.health,

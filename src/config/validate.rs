@@ -182,7 +182,11 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
         .redirect_to_https
         .as_ref()
         .is_some_and(|r| *r.get_ref());
-    if let Some(r) = listen_raw.redirect_to_https.as_ref().filter(|r| *r.get_ref()) {
+    if let Some(r) = listen_raw
+        .redirect_to_https
+        .as_ref()
+        .filter(|r| *r.get_ref())
+    {
         if https.is_empty() {
             errs.at(
                 r,
@@ -233,14 +237,12 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
              cert = \"/etc/switchyard/tls/site.pem\" and key = \"/etc/switchyard/tls/site.key\""
                 .into(),
         ),
-        (_, false) if https.is_empty() && listen_raw.https.is_none() => {
-            errs.at_span(
-                tls_raw.certificate[0].span.clone(),
-                "[[tls.certificate]] is given but [listen] has no https listener to serve it \
+        (_, false) if https.is_empty() && listen_raw.https.is_none() => errs.at_span(
+            tls_raw.certificate[0].span.clone(),
+            "[[tls.certificate]] is given but [listen] has no https listener to serve it \
                  on; add https = [\"0.0.0.0:443\"]"
-                    .into(),
-            )
-        }
+                .into(),
+        ),
         _ => {}
     }
     let trusted_proxies: Vec<ipnet::IpNet> = listen_raw
@@ -442,7 +444,10 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
                     ),
                     _ => {}
                 }
-                for (key, v) in [("sni", pool.sni.as_ref()), ("ca_file", pool.ca_file.as_ref())] {
+                for (key, v) in [
+                    ("sni", pool.sni.as_ref()),
+                    ("ca_file", pool.ca_file.as_ref()),
+                ] {
                     if let (Some(v), false) = (v, tls) {
                         errs.at(
                             v,

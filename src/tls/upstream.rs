@@ -65,9 +65,7 @@ pub fn load_ca(path: &Path) -> Result<CaList, CaError> {
             reason: e.to_string(),
         })?;
         list.push(WrappedX509::new(der.to_vec(), |raw: &Vec<u8>| {
-            X509Certificate::from_der(raw)
-                .expect("parsed just above")
-                .1
+            X509Certificate::from_der(raw).expect("parsed just above").1
         }));
     }
     Ok(Arc::from(list.into_boxed_slice()))
