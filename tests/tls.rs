@@ -731,3 +731,93 @@ async fn grpc_style_h2_with_trailers_flips_from_blue_to_green_under_load_without
     assert_eq!(ok, served(&blue_served) + served(&green_served), "{by:?}");
     assert!(by["blue"] >= 200 && by["green"] >= 200, "{by:?}");
 }
+
+/// A backend behind TLS with the certificate `(cert, key)`: HTTP/2 when the client offers `h2`
+/// by ALPN, else HTTP/1.1; answers `<name> <protocol>`, `/healthz` included.
+async fn start_tls_backend(name: &'static str, cert: &Path, key: &Path) -> SocketAddr {
+    let chain: Vec<_> = rustls_pemfile::certs(&mut &std::fs::read(cert).unwrap()[..])
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(key).unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let proto = format!("{:?}", req.version());
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(format!("{name} {proto}"))),
+                        ))
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(tls);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, service)
+                    .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_behind_tls_are_verified_against_the_ca_file_over_http1_and_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("internal CA");
+    let ca_file = ca.write(dir.path(), "internal-ca.pem");
+    let (cert, key) = ca.issue(dir.path(), "app", &["app.internal"], 90);
+    let blue = start_tls_backend("blue", &cert, &key).await;
+    let green = start_tls_backend("green", &cert, &key).await;
+    let pool = |name: &str, addr: SocketAddr, protocol: &str| {
+        format!(
+            "[pools.{name}]\nbackends = [\"{addr}\"]\nprotocol = \"{protocol}\"\ntls = true\n\
+             sni = \"app.internal\"\nca_file = \"{}\"\n\n",
+            ca_file.display()
+        )
+    };
+    let toml = format!(
+        "{}{}",
+        pool("blue", blue, "http1"),
+        pool("green", green, "h2")
+    );
+    // Health checks pass only over TLS verified against the CA (and h2 for green).
+    let proxy = Proxy::start(&toml).await;
+    assert_eq!(get(proxy.addr, "/").await.text(), "blue HTTP/1.1");
+    proxy.flip("green").await;
+    assert_eq!(get(proxy.addr, "/").await.text(), "green HTTP/2.0");
+
+    // The same backends with a name their certificate does not have, health checks off (so the
+    // backends count as healthy): the request is refused with 502, never sent unverified.
+    let wrong = toml.replace("sni = \"app.internal\"", "sni = \"other.internal\"");
+    let proxy = Proxy::start(&format!("[health]\nenabled = false\n\n{wrong}")).await;
+    assert_eq!(get(proxy.addr, "/").await.status, 502);
+}
