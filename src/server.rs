@@ -301,9 +301,12 @@ impl Switchyard {
             ));
             proxy_service.endpoints().add_listener(listener);
         }
+        let counter = metrics.clone();
+        let on_failure: Arc<dyn Fn(&'static str) + Send + Sync> =
+            Arc::new(move |reason| counter.record_tls_handshake_failure(reason));
         for addr in &config.https {
             let listener = ListenerConfig::tcp(addr.to_string())
-                .tls(tls.listener_settings())
+                .tls(tls.listener_settings(on_failure.clone()))
                 .l4_buffer(L4BufferSettings::new(
                     CLIENT_READ_BUFFER,
                     CLIENT_WRITE_BUFFER,

@@ -333,7 +333,7 @@ async fn plain_requests_are_redirected_to_https_with_308() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_expiry_is_a_metric() {
+async fn certificate_expiry_and_failed_handshakes_are_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("CA");
     let shop = ca.issue(dir.path(), "shop", &["shop.test"], 30);
@@ -342,8 +342,34 @@ async fn certificate_expiry_is_a_metric() {
         Upstream::start("blue").await,
         Upstream::start("green").await,
     );
-    let (proxy, _) = https_proxy(&blue, &green, &[shop, api], "").await;
-    let scrape = scrape(&proxy).await;
+    let (proxy, port) = https_proxy(&blue, &green, &[shop, api], "").await;
+    // Two failed handshakes: plain HTTP on the https port, and a client that does not trust
+    // the certificate.
+    let r = curl(&[&format!("http://127.0.0.1:{port}/")]).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    let other_ca = Ca::new("another CA").write(dir.path(), "other-ca.pem");
+    let r = curl_https("shop.test", port, &other_ca, "/", &[]).await;
+    assert_eq!(r.code, Some(60), "{r:?}");
+    let failures = |scrape: &prometheus_parse::Scrape, reason: &str| {
+        sample(
+            scrape,
+            "switchyard_tls_handshake_failures_total",
+            &[("reason", reason)],
+        )
+    };
+    // The server counts a failure once rustls gives up, which may be just after curl has
+    // seen the alert: poll.
+    let scrape = wait_for("both failures to be counted", READY_DEADLINE, || {
+        let proxy = &proxy;
+        async move {
+            let s = scrape(proxy).await;
+            let counted = failures(&s, "not_tls") == Some(1.0)
+                && failures(&s, "certificate_rejected") == Some(1.0);
+            counted.then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(failures(&scrape, "other"), Some(0.0));
     let expiry = |name: &str| {
         sample(
             &scrape,

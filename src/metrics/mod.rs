@@ -58,6 +58,7 @@ pub mod names {
     pub const ROLLOUT_STEP: &str = "switchyard_rollout_step";
     pub const ROLLOUT_STEPS: &str = "switchyard_rollout_steps";
     pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_cert_expiry_seconds";
+    pub const TLS_HANDSHAKE_FAILURES: &str = "switchyard_tls_handshake_failures_total";
 }
 
 /// Every `action` of `switchyard_changes_total` (the admin handler's `action` names and
@@ -149,6 +150,8 @@ pub struct Metrics {
     /// Seconds until each served certificate expires, sampled from `certificates` at scrape.
     tls_cert_expiry: GaugeVec,
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
+    /// Failed TLS handshakes on the https listeners, by reason ([`crate::tls::failure_reason`]).
+    tls_handshake_failures: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -294,7 +297,18 @@ impl Metrics {
             .register(Box::new(tls_cert_expiry.clone()))
             .expect("unique metric");
 
+        let tls_handshake_failures = counter_vec(
+            &registry,
+            names::TLS_HANDSHAKE_FAILURES,
+            "TLS handshakes on the https listeners that failed, by reason (not_tls, \
+             incompatible, no_alpn, certificate_rejected, alert, closed, other).",
+            &["reason"],
+        );
+        for reason in crate::tls::FAILURE_REASONS {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
         let m = Metrics {
+            tls_handshake_failures,
             tls_cert_expiry,
             certificates: std::sync::OnceLock::new(),
             inflight: gauge_vec(
@@ -550,6 +564,13 @@ impl Metrics {
     /// The sliding window of `pool`.
     pub fn window(&self, pool: PoolId) -> &Window {
         &self.pools[pool].window
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn record_tls_handshake_failure(&self, reason: &str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Samples the expiry of the certificates in `store` (whatever a reload puts there) at

@@ -123,15 +123,80 @@ impl CertStore {
     }
 
     /// pingora's TLS settings for one `[listen] https` address: this store as the certificate
-    /// resolver, ALPN `h2` and `http/1.1`.
-    pub fn listener_settings(self: &Arc<Self>) -> TlsSettings {
+    /// resolver, ALPN `h2` and `http/1.1`; `on_failure` is told the [`failure_reason`] of every
+    /// handshake that fails.
+    pub fn listener_settings(
+        self: &Arc<Self>,
+        on_failure: Arc<dyn Fn(&'static str) + Send + Sync>,
+    ) -> TlsSettings {
         // The paths are not used once a resolver is set (and nothing is read from them).
         let mut settings = TlsSettings::intermediate("", "").expect("no files are read here");
         settings.set_cert_resolver(Arc::new(Resolver(self.clone())));
         settings.enable_h2();
+        settings.set_handshake_error_callback(Arc::new(move |e: &pingora::Error| {
+            on_failure(failure_reason(e))
+        }));
         settings
     }
 }
+
+/// Why a client's TLS handshake failed, as a metric label (a closed set):
+/// - `not_tls`: what arrived is not a TLS ClientHello (plain HTTP on the https port, a scanner);
+/// - `incompatible`: no TLS version, cipher suite or signature scheme in common (an old client);
+/// - `no_alpn`: the client insists on an application protocol other than h2 or http/1.1;
+/// - `certificate_rejected`: the client refused the certificate (unknown CA, wrong name,
+///   expired), by an alert;
+/// - `alert`: any other alert from the client;
+/// - `closed`: the client went away mid-handshake;
+/// - `other`: anything else.
+///
+/// pingora keeps only the text of the rustls error (its context string), not the error itself,
+/// so the reason is read from rustls's wording (its `Display`; the unit test below builds each
+/// case from rustls's own errors, so a change of wording fails it).
+pub fn failure_reason(e: &pingora::Error) -> &'static str {
+    let text = e.to_string();
+    let has = |s: &str| text.contains(s);
+    if has("received corrupt message")
+        || has("received unexpected message")
+        || has("received unexpected handshake message")
+    {
+        "not_tls"
+    } else if has("peer is incompatible") {
+        "incompatible"
+    } else if has("peer doesn't support any known protocol") {
+        "no_alpn"
+    } else if let Some(alert) = text.split("received fatal alert: ").nth(1) {
+        const REJECTED: &[&str] = &[
+            "BadCertificate",
+            "UnknownCA",
+            "CertificateUnknown",
+            "CertificateExpired",
+            "UnsupportedCertificate",
+            "CertificateRevoked",
+            "AccessDenied",
+        ];
+        if REJECTED.iter().any(|r| alert.starts_with(r)) {
+            "certificate_rejected"
+        } else {
+            "alert"
+        }
+    } else if has("eof") || has("reset by peer") || has("Broken pipe") {
+        "closed"
+    } else {
+        "other"
+    }
+}
+
+/// The reasons [`failure_reason`] gives, for metrics resolved up front.
+pub const FAILURE_REASONS: &[&str] = &[
+    "not_tls",
+    "incompatible",
+    "no_alpn",
+    "certificate_rejected",
+    "alert",
+    "closed",
+    "other",
+];
 
 /// What rustls asks for a certificate on each handshake.
 #[derive(Debug)]
@@ -159,6 +224,51 @@ mod tests {
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         cert::load(&c, &k, SystemTime::now()).unwrap()
+    }
+
+    #[test]
+    fn handshake_failures_are_sorted_by_reason() {
+        use rustls::{AlertDescription as A, Error as E};
+        // As pingora reports them: the io error's text in the context of its own error.
+        let reason = |cause: &dyn std::fmt::Display| {
+            let e = pingora::Error::explain(
+                pingora::ErrorType::TLSHandshakeFailure,
+                format!("tls connect error: {cause}"),
+            );
+            failure_reason(&e)
+        };
+        let io = |e: E| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            reason(&io(E::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))),
+            "not_tls"
+        );
+        assert_eq!(
+            reason(&io(E::PeerIncompatible(
+                rustls::PeerIncompatible::NoCipherSuitesInCommon
+            ))),
+            "incompatible"
+        );
+        assert_eq!(reason(&io(E::NoApplicationProtocol)), "no_alpn");
+        for a in [A::UnknownCA, A::BadCertificate, A::CertificateExpired] {
+            assert_eq!(reason(&io(E::AlertReceived(a))), "certificate_rejected");
+        }
+        assert_eq!(reason(&io(E::AlertReceived(A::HandshakeFailure))), "alert");
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert_eq!(reason(&eof), "closed");
+        assert_eq!(reason(&"something else"), "other");
+        for r in [
+            "not_tls",
+            "incompatible",
+            "no_alpn",
+            "certificate_rejected",
+            "alert",
+            "closed",
+            "other",
+        ] {
+            assert!(FAILURE_REASONS.contains(&r));
+        }
     }
 
     #[test]
