@@ -286,7 +286,7 @@ async fn a_bad_certificate_at_reload_is_refused_and_the_old_one_stays() {
         Upstream::start("blue").await,
         Upstream::start("green").await,
     );
-    let (proxy, port) = https_proxy(&blue, &green, &[shop.clone()], "").await;
+    let (proxy, port) = https_proxy(&blue, &green, std::slice::from_ref(&shop), "").await;
     // The key of another certificate.
     std::fs::copy(&other.1, &shop.1).unwrap();
     let (code, reply) = admin(&proxy.socket(), "POST", "/v1/reload", None).await;
@@ -542,7 +542,7 @@ fn an_expired_certificate_is_an_error_and_one_near_expiry_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("CA");
     let expired = ca.issue(dir.path(), "old", &["old.test"], -1);
-    let path = binary_config(dir.path(), &[expired.clone()]);
+    let path = binary_config(dir.path(), std::slice::from_ref(&expired));
     let (code, _, stderr) = run(&["check"], &path);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
@@ -554,7 +554,7 @@ fn an_expired_certificate_is_an_error_and_one_near_expiry_a_warning() {
     );
 
     let soon = ca.issue(dir.path(), "soon", &["soon.test"], 10);
-    let path = binary_config(dir.path(), &[soon.clone()]);
+    let path = binary_config(dir.path(), std::slice::from_ref(&soon));
     let (code, stdout, stderr) = run(&["check"], &path);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("ok"), "{stdout}");
