@@ -239,6 +239,17 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_client_is_forwarded_as_https_and_cannot_forge_http() {
+        let client = Some(IpAddr::from([192, 0, 2, 7]));
+        let mut r = request(&[("X-Forwarded-Proto", "http")]);
+        upstream_request(&mut r, client, false, true).unwrap();
+        assert_eq!(
+            wire(&r),
+            "X-Forwarded-Proto: https\r\nX-Forwarded-For: 192.0.2.7\r\n"
+        );
+    }
+
+    #[test]
     fn responses_name_the_pool() {
         let mut r = ResponseHeader::build(200, None).unwrap();
         r.append_header("X-Switchyard-Pool", "forged").unwrap();
