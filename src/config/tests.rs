@@ -607,6 +607,13 @@ ca_file = "/etc/sy/ca.pem"
     assert_eq!(c.pools[1].protocol, UpstreamProtocol::H2);
     assert!(c.pools[1].tls);
     assert_eq!(c.pools[1].ca_file, Some(PathBuf::from("/etc/sy/ca.pem")));
+    // https only.
+    let c = Config::parse(
+        &text.replace("[listen]\n", "[listen]\nhttp = []\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.listen.is_empty());
     // The defaults: plain HTTP/1.1 everywhere, no TLS.
     let c = Config::parse(MINIMAL, "t.toml").unwrap();
     assert!(c.https.is_empty() && c.tls.is_empty() && !c.h2c && !c.redirect_to_https);

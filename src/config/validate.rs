@@ -148,10 +148,16 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     let mut listen: Vec<SocketAddr> = Vec::new();
     match &listen_raw.http {
         Some(list) => {
-            if list.get_ref().is_empty() {
+            // An https-only proxy says `http = []`.
+            let https_listed = listen_raw
+                .https
+                .as_ref()
+                .is_some_and(|l| !l.get_ref().is_empty());
+            if list.get_ref().is_empty() && !https_listed {
                 errs.at(
                     list,
-                    "[listen] http is empty; give at least one address such as \"0.0.0.0:8080\""
+                    "[listen] http is empty; give at least one address such as \"0.0.0.0:8080\" \
+                     (or an https listener)"
                         .into(),
                 );
             }
