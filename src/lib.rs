@@ -32,4 +32,5 @@ pub mod sd_notify;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod tls;
 pub mod upgrade;

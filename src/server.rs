@@ -67,6 +67,8 @@ pub enum StartError {
     NotWarm(#[from] NotWarm),
     #[error("cannot warm up the backends: {0}")]
     Runtime(io::Error),
+    #[error("[[tls.certificate]]: {0}")]
+    Tls(#[from] crate::tls::CertError),
 }
 
 /// Read buffer per client connection: none. pingora's default is 64 KiB, held for as long as the
@@ -82,6 +84,10 @@ const CLIENT_WRITE_BUFFER: usize = pingora::listeners::DEFAULT_L4_WRITE_BUFFER_S
 /// Requests served on one client connection before it is closed (nginx's `keepalive_requests`;
 /// pingora's default is no limit), so per-connection memory is returned now and then.
 const KEEPALIVE_REQUESTS: u32 = 1000;
+
+/// How long an HTTP/2 client connection with no open stream is kept (pingora keeps it forever
+/// by default, pingora#563); the same as an idle HTTP/1.1 keep-alive connection.
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(crate::proxy::CLIENT_KEEPALIVE_SECS);
 
 /// How the process behaves around the server; the binary and the tests differ here.
 #[derive(Debug, Clone)]
@@ -144,7 +150,7 @@ impl Switchyard {
         // bound, or checked by binding, here.
         let fresh = !mode.upgrade;
         if fresh {
-            for &addr in &config.listen {
+            for &addr in config.listen.iter().chain(&config.https) {
                 // Fail now on a busy port rather than inside pingora's service task.
                 std::net::TcpListener::bind(addr)
                     .map_err(|source| StartError::Bind { addr, source })?;
@@ -187,8 +193,16 @@ impl Switchyard {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
         create_dir(&config.state.dir)?;
+        // Read and checked here, not by pingora (which panics in its service task on a bad file).
+        let now = std::time::SystemTime::now();
+        let certs = crate::tls::Certificates::load(&config.tls, now)?;
+        for warning in certs.warnings(now) {
+            tracing::warn!("{warning}");
+        }
+        let tls = crate::tls::CertStore::new(certs);
 
         let metrics = Arc::new(Metrics::new(&config));
+        metrics.watch_certificates(tls.clone());
         let preview = match &config.routing.preview_token_file {
             Some(path) => Some(PreviewKey::load(path)?),
             None => None,
@@ -206,6 +220,7 @@ impl Switchyard {
                 health: health.clone(),
                 dns: dns.clone(),
                 config_path: config_path.clone(),
+                tls: tls.clone(),
             },
         )?;
         let admin = Arc::new(admin);
@@ -272,6 +287,12 @@ impl Switchyard {
             options.h1_max_header_bytes = Some(crate::proxy::MAX_HEADER_BYTES);
             options.h1_max_headers = Some(crate::proxy::MAX_HEADERS);
             options.h1_refuse_unparsable_request_line = true;
+            // HTTP/2: by ALPN on the https listeners always; with prior knowledge on the plain
+            // ones when `[listen] h2c` (an HTTP/1.1 client there still works: pingora looks for
+            // the h2 preface first). An idle h2 connection is closed after a while, and
+            // shutdown sends GOAWAY and lets open streams finish (within the grace period).
+            options.h2c = config.h2c;
+            options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
             app.server_options = Some(options);
         }
         let mut proxy_service = Service::new("proxy".to_string(), Trimming::new(app));
@@ -282,10 +303,27 @@ impl Switchyard {
             ));
             proxy_service.endpoints().add_listener(listener);
         }
+        let counter = metrics.clone();
+        let on_failure: Arc<dyn Fn(&'static str) + Send + Sync> =
+            Arc::new(move |reason| counter.record_tls_handshake_failure(reason));
+        for addr in &config.https {
+            let listener = ListenerConfig::tcp(addr.to_string())
+                .tls(tls.listener_settings(on_failure.clone()))
+                .l4_buffer(L4BufferSettings::new(
+                    CLIENT_READ_BUFFER,
+                    CLIENT_WRITE_BUFFER,
+                ));
+            proxy_service.endpoints().add_listener(listener);
+        }
         server.add_service(proxy_service);
         let upgrader = match (&config_path, &mode.hand_over) {
             (Some(path), Some(trigger)) => {
-                let mut keys: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+                let mut keys: Vec<String> = config
+                    .listen
+                    .iter()
+                    .chain(&config.https)
+                    .map(|a| a.to_string())
+                    .collect();
                 keys.extend(admin_endpoints.iter().map(|(e, _)| e.key().to_string()));
                 keys.extend(metrics_endpoint.iter().map(|e| e.key().to_string()));
                 Some(Arc::new(Upgrader::new(
@@ -333,7 +371,7 @@ impl Switchyard {
                 &mut server,
                 "listener probe",
                 ListenerProbe {
-                    addrs: config.listen.clone(),
+                    addrs: config.listen.iter().chain(&config.https).copied().collect(),
                     switchboard: switchboard.clone(),
                     health: config.health.clone(),
                     upgrade: mode.upgrade,
@@ -388,6 +426,7 @@ impl Switchyard {
             .listen
             .iter()
             .map(|a| a.to_string())
+            .chain(c.https.iter().map(|a| format!("{a} (https)")))
             .collect::<Vec<_>>()
             .join(", ");
         let off = || "off".to_string();

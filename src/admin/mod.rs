@@ -80,6 +80,8 @@ pub struct Admin {
     health: Arc<HealthControl>,
     /// Backend names and what they resolve to.
     dns: Arc<Names>,
+    /// The certificates the https listeners serve (admin/reload.rs swaps them).
+    tls: Arc<crate::tls::CertStore>,
     store: StateStore,
     names: Vec<String>,
     /// Serialises changes: check, swap and persist happen as one step per change.
@@ -104,6 +106,8 @@ pub struct AdminParts {
     pub dns: Arc<Names>,
     /// The configuration file, for reloads.
     pub config_path: Option<PathBuf>,
+    /// The certificates the https listeners serve, which a reload replaces.
+    pub tls: Arc<crate::tls::CertStore>,
 }
 
 /// The action names recorded in history and counted in metrics.
@@ -207,6 +211,7 @@ impl Admin {
             health,
             dns,
             config_path,
+            tls,
         } = parts;
         let store = StateStore::new(&config.state.dir);
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
@@ -335,6 +340,7 @@ impl Admin {
             config_path,
             health,
             dns,
+            tls,
             store,
             names,
             ledger: Mutex::new(Ledger {
@@ -853,6 +859,7 @@ mod tests {
             health: HealthControl::new(config.health.clone()),
             dns: Names::new(config, metrics(config)),
             config_path: None,
+            tls: Arc::default(),
         }
     }
 

@@ -57,6 +57,8 @@ pub mod names {
     pub const GUARD_P99: &str = "switchyard_guard_p99_seconds";
     pub const ROLLOUT_STEP: &str = "switchyard_rollout_step";
     pub const ROLLOUT_STEPS: &str = "switchyard_rollout_steps";
+    pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_cert_expiry_seconds";
+    pub const TLS_HANDSHAKE_FAILURES: &str = "switchyard_tls_handshake_failures_total";
 }
 
 /// Every `action` of `switchyard_changes_total` (the admin handler's `action` names and
@@ -145,6 +147,11 @@ pub struct Metrics {
     /// A failover episode per pool: set by the first request that fails over, cleared by
     /// [`Metrics::end_failovers`], so the start and the end are logged once each.
     failing_over: [AtomicBool; POOL_COUNT],
+    /// Seconds until each served certificate expires, sampled from `certificates` at scrape.
+    tls_cert_expiry: GaugeVec,
+    certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
+    /// Failed TLS handshakes on the https listeners, by reason ([`crate::tls::failure_reason`]).
+    tls_handshake_failures: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -277,7 +284,33 @@ impl Metrics {
             ))
             .expect("unique metric");
 
+        let tls_cert_expiry = GaugeVec::new(
+            Opts::new(
+                names::TLS_CERT_EXPIRY,
+                "Seconds until each certificate served on the https listeners expires (0 once \
+                 it has), by its first host name.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_cert_expiry.clone()))
+            .expect("unique metric");
+
+        let tls_handshake_failures = counter_vec(
+            &registry,
+            names::TLS_HANDSHAKE_FAILURES,
+            "TLS handshakes on the https listeners that failed, by reason (not_tls, \
+             incompatible, no_alpn, certificate_rejected, alert, closed, other).",
+            &["reason"],
+        );
+        for reason in crate::tls::FAILURE_REASONS {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
         let m = Metrics {
+            tls_handshake_failures,
+            tls_cert_expiry,
+            certificates: std::sync::OnceLock::new(),
             inflight: gauge_vec(
                 &registry,
                 names::INFLIGHT,
@@ -533,8 +566,31 @@ impl Metrics {
         &self.pools[pool].window
     }
 
+    /// Counts a failed TLS handshake.
+    pub fn record_tls_handshake_failure(&self, reason: &str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Samples the expiry of the certificates in `store` (whatever a reload puts there) at
+    /// every scrape.
+    pub fn watch_certificates(&self, store: Arc<crate::tls::CertStore>) {
+        let _ = self.certificates.set(store);
+    }
+
     /// The Prometheus text exposition, with state gauges sampled from `switchboard` now.
     pub fn render(&self, switchboard: &Switchboard) -> Vec<u8> {
+        if let Some(store) = self.certificates.get() {
+            // A certificate removed by a reload must disappear.
+            self.tls_cert_expiry.reset();
+            let now = std::time::SystemTime::now();
+            for e in &store.load().entries {
+                self.tls_cert_expiry
+                    .with_label_values(&[e.name()])
+                    .set(e.remaining(now).as_secs_f64().floor());
+            }
+        }
         let table = switchboard.load();
         let st = table.state;
         // Members come and go with reloads: a removed backend's series must disappear.
