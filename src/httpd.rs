@@ -551,3 +551,11 @@ mod tests {
         assert_eq!(group_id("no-such-group-xyz"), None);
     }
 }
+
+/// Read-only pages served next to `/metrics` (the status page), so the metrics listener can
+/// serve them without the metrics module knowing what they are.
+pub trait Pages: Send + Sync + 'static {
+    /// The response to a `GET` of `path`, or `None` when `path` is not one of these pages.
+    /// May block (it reads files): the listener calls it off the async workers.
+    fn get(&self, path: &str) -> Option<Response<Full<Bytes>>>;
+}

@@ -422,6 +422,7 @@ fn reload_entry(
         forced: false,
         trigger: None,
         detail: Some(detail),
+        impact: None,
     }
 }
 
