@@ -120,9 +120,11 @@ fn chart(w: &crate::metrics::Window) -> Vec<Point> {
     (0..n)
         .rev()
         .map(|i| {
-            let end = last.saturating_sub(i * CHART_STEP_S);
-            let start = (end + 1).saturating_sub(CHART_STEP_S);
-            let s = w.tally(start, end).stats();
+            // A point from before the window's clock started is empty.
+            let s = match last.checked_sub(i * CHART_STEP_S) {
+                Some(end) => w.tally((end + 1).saturating_sub(CHART_STEP_S), end).stats(),
+                None => crate::metrics::WindowStats::default(),
+            };
             Point {
                 rps: s.requests as f64 / CHART_STEP_S as f64,
                 error_ratio: s.error_ratio(),
