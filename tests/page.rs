@@ -166,7 +166,8 @@ impl Browser {
         let v: Value = serde_json::from_str(msg.as_str()).expect("DevTools sends JSON");
         match v["method"].as_str() {
             Some("Runtime.consoleAPICalled") if v["params"]["type"] == "error" => {
-                self.errors.push(format!("console.error: {}", v["params"]["args"]));
+                self.errors
+                    .push(format!("console.error: {}", v["params"]["args"]));
             }
             Some("Runtime.exceptionThrown") => {
                 self.errors
@@ -255,7 +256,11 @@ async fn the_status_page_follows_flips_and_shows_a_guard_rollback() {
     let proxy = Proxy::start(&toml).await;
     let page_url = format!(
         "http://{}/",
-        proxy.config.metrics.listen.expect("the harness sets a metrics listener")
+        proxy
+            .config
+            .metrics
+            .listen
+            .expect("the harness sets a metrics listener")
     );
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(proxy.addr, stop.clone());
@@ -300,7 +305,8 @@ async fn the_status_page_follows_flips_and_shows_a_guard_rollback() {
             "the page was reloaded"
         );
         assert!(
-            b.text("pipeline-detail").contains("guard watching green after a flip"),
+            b.text("pipeline-detail")
+                .contains("guard watching green after a flip"),
             "{}",
             b.text("pipeline-detail")
         );
