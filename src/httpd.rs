@@ -559,4 +559,3 @@ mod tests {
         assert_eq!(group_id("no-such-group-xyz"), None);
     }
 }
-

@@ -112,7 +112,10 @@ async fn a_flip_records_its_impact_exactly_and_announces_it() {
     let p50_green = settled["gained"]["after"]["p50_ms"].as_f64().unwrap();
     let p50_blue = settled["lost"]["before"]["p50_ms"].as_f64().unwrap();
     assert!(p50_green >= 100.0, "green p50 {p50_green} ms");
-    assert!(p50_blue < p50_green, "blue p50 {p50_blue} ms, green {p50_green} ms");
+    assert!(
+        p50_blue < p50_green,
+        "blue p50 {p50_blue} ms, green {p50_green} ms"
+    );
     assert_eq!(settled["lost"]["after"]["p99_ms"], Value::Null);
 
     // The follow-up message to the chat hook.

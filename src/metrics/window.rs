@@ -298,6 +298,29 @@ mod tests {
     }
 
     #[test]
+    fn a_tally_minus_a_snapshot_is_what_came_after_it() {
+        let w = Window::new(10);
+        let now = w.second();
+        for _ in 0..7 {
+            w.record(Some(Duration::from_millis(2)), true);
+        }
+        let at_change = w.tally(now, now);
+        for _ in 0..5 {
+            w.record(Some(Duration::from_millis(300)), false);
+        }
+        // Unless the second turned between the two batches, the snapshot splits it exactly.
+        if w.second() == now {
+            let after = w.tally(now, now + 3).minus(&at_change);
+            assert_eq!((after.requests, after.errors), (5, 0));
+            let s = after.stats();
+            assert!(s.p50.unwrap() > Duration::from_millis(250), "{s:?}");
+            assert_eq!(w.tally(now, now).requests, 12);
+        }
+        // Seconds the window does not hold count as empty.
+        assert_eq!(w.tally(now + 100, now + 200).requests, 0);
+    }
+
+    #[test]
     fn an_empty_window_has_no_percentiles() {
         let s = Window::new(5).stats(Duration::from_secs(5));
         assert_eq!((s.requests, s.p50, s.p99), (0, None, None));
