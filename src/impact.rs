@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::WindowStats;
-
 /// One colour's figures over a span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
@@ -28,17 +26,6 @@ pub struct Figures {
 }
 
 impl Figures {
-    pub fn of(s: &WindowStats) -> Figures {
-        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0);
-        Figures {
-            requests: s.requests,
-            errors: s.errors,
-            error_ratio: s.error_ratio(),
-            p50_ms: ms(s.p50),
-            p99_ms: ms(s.p99),
-        }
-    }
-
     /// `0.1% errors, p50 3 ms, p99 120 ms, 5000 requests`.
     pub fn summary(&self) -> String {
         if self.requests == 0 {

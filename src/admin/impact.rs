@@ -15,11 +15,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::POOL_COUNT;
 use crate::impact::{Figures, Impact, PoolImpact};
-use crate::metrics::{weights, Metrics, Tally};
+use crate::metrics::{weights, Metrics, Tally, WindowStats};
 use crate::routing::{PoolId, RouteState};
 use crate::state::HistoryEntry;
 
 const IMPACT_FILE: &str = "impact.jsonl";
+
+/// A colour's figures from the window's.
+fn figures(s: &WindowStats) -> Figures {
+    let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0);
+    Figures {
+        requests: s.requests,
+        errors: s.errors,
+        error_ratio: s.error_ratio(),
+        p50_ms: ms(s.p50),
+        p99_ms: ms(s.p99),
+    }
+}
 
 /// A line of `impact.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +95,7 @@ impl ImpactTracker {
         let second = w_gained.second();
         // The span before includes the change's own second up to now.
         let first = (second + 1).saturating_sub(span);
-        let before = |w: &crate::metrics::Window| Figures::of(&w.tally(first, second).stats());
+        let before = |w: &crate::metrics::Window| figures(&w.tally(first, second).stats());
         let impact = Impact {
             window_s: span,
             gained: PoolImpact {
@@ -128,7 +140,7 @@ impl ImpactTracker {
                 let w = self.metrics.window(p.ids[i]);
                 let mut t = w.tally(p.second, p.second + p.span).minus(&p.at_change[i]);
                 t.seconds = p.span;
-                side.after = Some(Figures::of(&t.stats()));
+                side.after = Some(figures(&t.stats()));
             }
             impact.pending = false;
             if let Err(e) = self.append(p.generation, &impact) {

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{Admin, AdminError};
+use crate::metrics::ReportFigures;
 use crate::notify::Event;
 use crate::report::{self, Report};
 use crate::routing::PoolId;
@@ -46,7 +47,12 @@ impl Admin {
     /// Recomputes the report gauges (after each change, and at start).
     pub fn refresh_report_metrics(&self) {
         match self.report(GAUGE_PERIOD) {
-            Ok(r) => self.metrics.set_report(&r),
+            Ok(r) => self.metrics.set_report(ReportFigures {
+                deploys_per_day: r.deploys_per_day,
+                change_failure_ratio: r.change_failure_rate.unwrap_or(0.0),
+                time_to_restore_s: r.time_to_restore_s.as_ref().map_or(0.0, |s| s.median),
+                lead_time_s: r.lead_time_s.as_ref().map_or(0.0, |s| s.median),
+            }),
             Err(e) => tracing::warn!("report gauges not updated: {e}"),
         }
     }

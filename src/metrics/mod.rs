@@ -569,12 +569,12 @@ impl Metrics {
         self.rollout_steps.set(of as i64);
     }
 
-    /// Publishes the delivery report's figures.
-    pub fn set_report(&self, r: &crate::report::Report) {
+    /// Publishes the delivery report's figures (report.rs).
+    pub fn set_report(&self, r: ReportFigures) {
         self.report[0].set(r.deploys_per_day);
-        self.report[1].set(r.change_failure_rate.unwrap_or(0.0));
-        self.report[2].set(r.time_to_restore_s.as_ref().map_or(0.0, |s| s.median));
-        self.report[3].set(r.lead_time_s.as_ref().map_or(0.0, |s| s.median));
+        self.report[1].set(r.change_failure_ratio);
+        self.report[2].set(r.time_to_restore_s);
+        self.report[3].set(r.lead_time_s);
     }
 
     /// Counts an accepted chat command (one of [`CHATOPS_COMMANDS`]).
@@ -822,6 +822,16 @@ pub const CHART_SPAN: Duration = Duration::from_secs(15 * 60);
 /// Seconds of window kept beyond twice the guard window, so a deploy's "after" span is still
 /// there when the guard tick that settles it runs (a tick or two late).
 const IMPACT_SLACK_SECS: u64 = 10;
+
+/// The delivery report's gauges: 0 where the report has no figure.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReportFigures {
+    pub deploys_per_day: f64,
+    pub change_failure_ratio: f64,
+    /// Medians.
+    pub time_to_restore_s: f64,
+    pub lead_time_s: f64,
+}
 
 /// The chat commands counted by `switchyard_chatops_commands_total`.
 pub const CHATOPS_COMMANDS: [&str; 4] = ["status", "flip", "rollback", "canary"];
