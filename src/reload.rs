@@ -175,6 +175,21 @@ impl Plan {
             &new.state.dir.display(),
         );
         d.restart("server.threads", &old.server.threads, &new.server.threads);
+        // The chat listener, its secret and its users are taken at start (chatops.rs).
+        let chat = |c: &Option<crate::config::ChatopsConfig>| match c {
+            None => "off".to_string(),
+            Some(c) => format!(
+                "listen {}, signing_secret_file {}, users {}",
+                c.listen,
+                c.signing_secret_file.display(),
+                c.users
+                    .iter()
+                    .map(|(id, name)| format!("{id}={name}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        };
+        d.restart("chatops", &chat(&old.chatops), &chat(&new.chatops));
         d.restart(
             "listen.header_timeout",
             &dur(old.header_timeout),

@@ -20,6 +20,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
 use crate::admin::{Admin, AdminParts, GuardService};
+use crate::chatops::service::{Chatops, ChatopsService};
 use crate::config::Config;
 use crate::dns::{self, Names};
 use crate::health::{HealthChecker, HealthControl};
@@ -27,6 +28,7 @@ use crate::httpd::{HandOver, Kind, Listener, UnixBindError};
 use crate::memory::Trimming;
 use crate::metrics::{Metrics, MetricsService};
 use crate::notify::Notifier;
+use crate::page::StatusPage;
 use crate::preview::{PreviewError, PreviewKey};
 use crate::proxy::Proxy;
 use crate::routing::Switchboard;
@@ -58,6 +60,13 @@ pub enum StartError {
          process using it"
     )]
     MetricsListen { addr: SocketAddr, source: io::Error },
+    #[error(
+        "cannot listen on {addr} for chat commands: {source}; change [chatops] listen or stop \
+         the process using it"
+    )]
+    ChatopsListen { addr: SocketAddr, source: io::Error },
+    #[error("chat commands: {0}")]
+    ChatSecret(#[from] crate::chatops::SecretError),
     #[error("the state directory is not usable: {0}")]
     State(#[from] StoreError),
     #[error("{0}")]
@@ -186,6 +195,20 @@ impl Switchyard {
             }
             None => None,
         };
+        let chatops_endpoint = match &config.chatops {
+            Some(c) => {
+                let secret = crate::chatops::SigningSecret::load(&c.signing_secret_file)?;
+                let prebound = fresh
+                    .then(|| Listener::bind_tcp(c.listen))
+                    .transpose()
+                    .map_err(|source| StartError::ChatopsListen {
+                        addr: c.listen,
+                        source,
+                    })?;
+                Some((HandOver::new(Kind::Tcp(c.listen), prebound), secret))
+            }
+            None => None,
+        };
         let run_dir = config
             .admin
             .socket
@@ -224,6 +247,7 @@ impl Switchyard {
             },
         )?;
         let admin = Arc::new(admin);
+        admin.refresh_report_metrics();
 
         let mut conf = ServerConf {
             threads: config.server.threads,
@@ -326,6 +350,7 @@ impl Switchyard {
                     .collect();
                 keys.extend(admin_endpoints.iter().map(|(e, _)| e.key().to_string()));
                 keys.extend(metrics_endpoint.iter().map(|e| e.key().to_string()));
+                keys.extend(chatops_endpoint.iter().map(|(e, _)| e.key().to_string()));
                 Some(Arc::new(Upgrader::new(
                     admin.clone(),
                     path.clone(),
@@ -349,13 +374,16 @@ impl Switchyard {
         let applier = admin.clone();
         let watcher = dns::Watcher::new(dns, Arc::new(move || applier.apply_dns()));
         add_background(&mut server, "dns", watcher);
+        if let (Some((endpoint, secret)), Some(c)) = (chatops_endpoint, &config.chatops) {
+            let chatops = Chatops::new(admin.clone(), metrics.clone(), secret, c);
+            server.add_service(ChatopsService::new(chatops, endpoint, handed_over.clone()));
+        }
         if let Some(endpoint) = metrics_endpoint {
-            server.add_service(MetricsService::new(
-                metrics.clone(),
-                switchboard.clone(),
-                endpoint,
-                handed_over,
-            ));
+            let page = Arc::new(StatusPage::new(admin.clone(), metrics.clone()));
+            server.add_service(
+                MetricsService::new(metrics.clone(), switchboard.clone(), endpoint, handed_over)
+                    .with_pages(page),
+            );
         }
 
         if mode.exit_when_drained {

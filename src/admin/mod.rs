@@ -20,6 +20,8 @@
 mod command;
 mod handover;
 pub mod http;
+mod impact;
+mod insight;
 mod reload;
 mod view;
 mod watch;
@@ -93,6 +95,8 @@ pub struct Admin {
     /// Set while a binary upgrade hands over (upgrade.rs): every change and reload is refused
     /// and the guard and rollouts hold, so state.json is final when the new process reads it.
     frozen: AtomicBool,
+    /// Each change's figures before and after (impact.rs).
+    impact: impact::ImpactTracker,
 }
 
 /// What an [`Admin`] is built from, besides the configuration.
@@ -303,6 +307,7 @@ impl Admin {
                 forced: false,
                 trigger: None,
                 detail: None,
+                impact: None,
             };
             if let Err(e) = store.append_history(&entry) {
                 tracing::error!("cannot record the recovered state in history: {e}");
@@ -334,6 +339,7 @@ impl Admin {
         let switchboard = Arc::new(Switchboard::with_pools(pools, state, salt, settings));
         let admin = Admin {
             switchboard: switchboard.clone(),
+            impact: impact::ImpactTracker::new(metrics.clone(), &config.state.dir),
             metrics,
             notifier,
             config: ArcSwap::from_pointee(config.clone()),
@@ -375,6 +381,7 @@ impl Admin {
             AdminCommand::Health
                 | AdminCommand::Status
                 | AdminCommand::History { .. }
+                | AdminCommand::Report { .. }
                 | AdminCommand::PreviewCookie { .. }
         );
         if !reads {
@@ -387,13 +394,17 @@ impl Admin {
             AdminCommand::History { limit } => self
                 .store
                 .read_history(limit.min(MAX_HISTORY_LIMIT))
-                .map(Reply::History)
+                .map(|mut h| {
+                    self.impact.annotate(&mut h);
+                    Reply::History(h)
+                })
                 .map_err(|e| {
                     AdminError::Internal(format!(
                         "cannot read {}: {e}",
                         self.store.history_path().display()
                     ))
                 }),
+            AdminCommand::Report { since } => self.report(since).map(Reply::Report),
             AdminCommand::Reload { reason } => self.reload(actor, reason),
             AdminCommand::PreviewCookie { pool } => {
                 self.pool(&pool)?;
@@ -616,6 +627,7 @@ impl Admin {
             detail: Some(serde_json::json!({
                 "step": format!("{what} at step {} of {}", r.step + 1, r.steps.len())
             })),
+            impact: None,
         };
         let warning = self.record(entry, action::ROLLOUT);
         Ok(Reply::Change(Change {
@@ -669,6 +681,7 @@ impl Admin {
             }
         };
         self.notifier.send(Event::new(event, entry));
+        self.refresh_report_metrics();
         warning
     }
 
@@ -769,6 +782,7 @@ impl Admin {
             forced: spec.opts.force,
             trigger: spec.trigger.map(str::to_string),
             detail: spec.detail,
+            impact: None,
         };
         tracing::info!(
             actor = spec.actor,
@@ -779,6 +793,8 @@ impl Admin {
             entry.to,
             new.generation
         );
+        let span = self.config().guard.window;
+        self.impact.begin(&entry, &cur, &new, &self.names, span);
         warnings.extend(self.record(entry, spec.event));
         Ok(Reply::Change(Change {
             status: self.status(ledger),

@@ -448,6 +448,7 @@ fn reload_entry(
         forced: false,
         trigger: None,
         detail: Some(detail),
+        impact: None,
     }
 }
 

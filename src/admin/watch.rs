@@ -141,6 +141,7 @@ impl Admin {
     /// rollout whose step is over.
     pub fn tick(&self) {
         self.metrics.end_failovers(&self.switchboard.load());
+        self.settle_impact();
         let mut ledger = self.lock_ledger();
         self.tick_locked(&mut ledger);
         // What the guard watches and judged, and the rollout's step, for /metrics.

@@ -79,6 +79,19 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub dns: DnsConfig,
+    /// `[chatops]`: slash commands from a chat platform (chatops.rs); off when absent.
+    pub chatops: Option<ChatopsConfig>,
+}
+
+/// `[chatops]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatopsConfig {
+    /// Where the chat platform POSTs slash commands.
+    pub listen: SocketAddr,
+    /// The platform's signing secret (one line), read at start.
+    pub signing_secret_file: PathBuf,
+    /// Chat user id → the name recorded as the actor; nobody else may run a command.
+    pub users: std::collections::BTreeMap<String, String>,
 }
 
 /// One `[[tls.certificate]]`: the files, read and checked by [`crate::tls`].
@@ -328,7 +341,7 @@ impl Default for LogConfig {
 
 /// Notification event names a webhook may subscribe to.
 pub const EVENT_KINDS: &[&str] = &[
-    "flip", "canary", "promote", "rollback", "guard", "rollout", "reload",
+    "flip", "canary", "promote", "rollback", "guard", "rollout", "reload", "impact",
 ];
 
 /// One problem in a configuration file, with its location when known.
@@ -462,6 +475,8 @@ enum SideFileKind {
     Certificate { key: PathBuf },
     /// `[pools.<name>] ca_file`, read by [`crate::tls::upstream::load_ca`].
     CaFile,
+    /// `[chatops] signing_secret_file`, read by [`crate::chatops::SigningSecret::load`].
+    ChatSecret,
 }
 
 /// A file a configuration names that the server will read at start-up (and at a reload).
@@ -492,6 +507,9 @@ impl SideFile {
             SideFileKind::CaFile => crate::tls::upstream::load_ca(&self.path)
                 .err()
                 .map(|e| format!("ca_file: {e}")),
+            SideFileKind::ChatSecret => crate::chatops::SigningSecret::load(&self.path)
+                .err()
+                .map(|e| format!("[chatops] signing_secret_file: {e}")),
         }
     }
 }

@@ -41,6 +41,7 @@ pub struct File {
     pub log: Option<Log>,
     pub dns: Option<Dns>,
     pub tls: Option<Tls>,
+    pub chatops: Option<Chatops>,
 }
 
 #[derive(Default)]
@@ -159,6 +160,14 @@ pub struct Log {
     pub access: Option<bool>,
     pub format: Option<Spanned<String>>,
     pub timestamps: Option<bool>,
+}
+
+#[derive(Default)]
+pub struct Chatops {
+    pub listen: Option<Spanned<String>>,
+    pub signing_secret_file: Option<Spanned<String>>,
+    /// Chat user id → the name history records.
+    pub users: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Default)]
@@ -309,6 +318,21 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
                     default: c.spanned_bool(errs, "default"),
                 }
             }),
+        }),
+        chatops: r.section(errs, "chatops", |s, errs| {
+            s.require(errs, "listen", "listen = \"127.0.0.1:9092\"");
+            s.require(
+                errs,
+                "signing_secret_file",
+                "signing_secret_file = \"/etc/switchyard/slack-signing-secret\"",
+            );
+            Chatops {
+                listen: s.string(errs, "listen", ADDRESS),
+                signing_secret_file: s.string(errs, "signing_secret_file", PATH),
+                users: s.section(errs, "users", |u, errs| {
+                    u.strings_by_name(errs, "a name string such as \"alice\"")
+                }),
+            }
         }),
     };
     r.finish(errs);
@@ -547,6 +571,30 @@ impl<'t> Section<'t> {
             }
         }
         // Every name is a pool name: none is unknown.
+        self.open = true;
+        out
+    }
+
+    /// Every entry of this table as a string named by its key (`[chatops.users]`): any name is
+    /// taken.
+    fn strings_by_name(
+        &mut self,
+        errs: &mut Errors<'_>,
+        expect: &str,
+    ) -> BTreeMap<String, Spanned<String>> {
+        let mut out = BTreeMap::new();
+        let table = self.table;
+        for (name, item) in table.iter() {
+            let span = item
+                .span()
+                .or_else(|| table.key(name).and_then(|k| k.span()));
+            match item.as_value() {
+                Some(Value::String(v)) => {
+                    out.insert(name.to_string(), spanned(span, v.value().clone()));
+                }
+                _ => self.wrong_type(errs, span, name, expect, found(item)),
+            }
+        }
         self.open = true;
         out
     }

@@ -811,12 +811,44 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .unwrap_or(defaults::DNS_REFRESH),
     };
 
+    // [chatops]
+    let chatops = raw.chatops.and_then(|c| {
+        if let Some(f) = &c.signing_secret_file {
+            errs.side_file(SideFileKind::ChatSecret, f);
+        }
+        let users: std::collections::BTreeMap<String, String> = c
+            .users
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, name)| {
+                let n = name.get_ref().trim().to_string();
+                if n.is_empty() || n.chars().any(char::is_control) {
+                    errs.at(
+                        &name,
+                        format!("[chatops.users] {id}: the name must be non-empty text"),
+                    );
+                    return None;
+                }
+                Some((id, n))
+            })
+            .collect();
+        Some(ChatopsConfig {
+            listen: c
+                .listen
+                .as_ref()
+                .and_then(|a| errs.addr(a, "chatops listen address"))?,
+            signing_secret_file: PathBuf::from(c.signing_secret_file?.into_inner()),
+            users,
+        })
+    });
+
     // Every listener needs its own port: a shared one would let a start-up check pass against
     // the wrong service.
     let mut taken: Vec<(SocketAddr, &str)> = listen.iter().map(|a| (*a, "[listen] http")).collect();
     taken.extend(https.iter().map(|a| (*a, "[listen] https")));
     taken.extend(admin.listen.map(|a| (a, "[admin] listen")));
     taken.extend(metrics.listen.map(|a| (a, "[metrics] listen")));
+    taken.extend(chatops.as_ref().map(|c| (c.listen, "[chatops] listen")));
     for (i, (a, what)) in taken.iter().enumerate() {
         for (b, other) in &taken[..i] {
             let overlap = a.port() == b.port()
@@ -857,6 +889,7 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
         server,
         log,
         dns,
+        chatops,
     })
 }
 

@@ -156,26 +156,81 @@ impl Window {
     fn span_stats(&self, span: Duration, skip: u64) -> WindowStats {
         let now = now_secs();
         let secs = span.as_secs().clamp(1, self.slots.len() as u64 - 1 - skip);
-        let bounds = window_bounds();
-        let mut hist = vec![0u64; bounds.len()];
-        let mut s = WindowStats {
-            seconds: secs,
-            ..WindowStats::default()
-        };
-        for back in skip..secs + skip {
-            let Some(second) = now.checked_sub(back) else {
-                break;
+        if now < skip {
+            return WindowStats {
+                seconds: secs,
+                ..WindowStats::default()
             };
-            let slot = &self.slots[(second % self.slots.len() as u64) as usize];
+        }
+        let last = now - skip;
+        let first = (now + 1).saturating_sub(secs + skip);
+        let mut s = self.tally(first, last).stats();
+        s.seconds = secs;
+        s
+    }
+
+    /// The second (of the window's own clock) now is in: what [`Window::tally`] takes.
+    pub fn second(&self) -> u64 {
+        now_secs()
+    }
+
+    /// The raw counts of seconds `first..=last` (of [`Window::second`]'s clock), for figures over
+    /// a span that is not "the last N seconds": a deploy's impact, the status page's chart.
+    /// Seconds the window no longer holds (older than its length) count as empty.
+    pub fn tally(&self, first: u64, last: u64) -> Tally {
+        let mut t = Tally {
+            requests: 0,
+            errors: 0,
+            seconds: (last + 1).saturating_sub(first),
+            hist: vec![0; window_bounds().len()],
+        };
+        let len = self.slots.len() as u64;
+        for second in first.max((now_secs() + 1).saturating_sub(len - 1))..=last {
+            let slot = &self.slots[(second % len) as usize];
             if slot.second.load(Ordering::Acquire) != second {
                 continue;
             }
-            s.requests += slot.requests.load(Ordering::Relaxed);
-            s.errors += slot.errors.load(Ordering::Relaxed);
-            for (h, b) in hist.iter_mut().zip(&slot.latency) {
+            t.requests += slot.requests.load(Ordering::Relaxed);
+            t.errors += slot.errors.load(Ordering::Relaxed);
+            for (h, b) in t.hist.iter_mut().zip(&slot.latency) {
                 *h += b.load(Ordering::Relaxed);
             }
         }
+        t
+    }
+}
+
+/// Raw counts over a span of the window: addable and subtractable, unlike percentiles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: u64,
+    hist: Vec<u64>,
+}
+
+impl Tally {
+    /// What is in `self` and not in `earlier` (a snapshot of part of the same span): the
+    /// requests of a second after a given instant, from the second's total minus what it held
+    /// at that instant.
+    pub fn minus(&self, earlier: &Tally) -> Tally {
+        Tally {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            seconds: self.seconds,
+            hist: self
+                .hist
+                .iter()
+                .zip(&earlier.hist)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+        }
+    }
+
+    /// Rate, error ratio and percentiles of these counts.
+    pub fn stats(&self) -> WindowStats {
+        let bounds = window_bounds();
+        let hist = &self.hist;
         let total: u64 = hist.iter().sum();
         // As Prometheus' histogram_quantile: find the bucket holding the rank, interpolate
         // linearly inside it; a rank in the +Inf bucket reads as the last finite bound.
@@ -199,9 +254,13 @@ impl Window {
             }
             None
         };
-        s.p50 = pct(0.50);
-        s.p99 = pct(0.99);
-        s
+        WindowStats {
+            requests: self.requests,
+            errors: self.errors,
+            seconds: self.seconds,
+            p50: pct(0.50),
+            p99: pct(0.99),
+        }
     }
 }
 
@@ -236,6 +295,29 @@ mod tests {
         assert!((p50 - (1.5 + 0.5 * 50.0 / 98.0)).abs() < 1e-6, "{p50}");
         let p99 = s.p99.unwrap().as_secs_f64() * 1000.0;
         assert!((p99 - 275.0).abs() < 1e-6, "{p99}");
+    }
+
+    #[test]
+    fn a_tally_minus_a_snapshot_is_what_came_after_it() {
+        let w = Window::new(10);
+        let now = w.second();
+        for _ in 0..7 {
+            w.record(Some(Duration::from_millis(2)), true);
+        }
+        let at_change = w.tally(now, now);
+        for _ in 0..5 {
+            w.record(Some(Duration::from_millis(300)), false);
+        }
+        // Unless the second turned between the two batches, the snapshot splits it exactly.
+        if w.second() == now {
+            let after = w.tally(now, now + 3).minus(&at_change);
+            assert_eq!((after.requests, after.errors), (5, 0));
+            let s = after.stats();
+            assert!(s.p50.unwrap() > Duration::from_millis(250), "{s:?}");
+            assert_eq!(w.tally(now, now).requests, 12);
+        }
+        // Seconds the window does not hold count as empty.
+        assert_eq!(w.tally(now + 100, now + 200).requests, 0);
     }
 
     #[test]
