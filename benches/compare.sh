@@ -384,10 +384,10 @@ access = false
 EOF
 }
 
-# $1: green's upstream port (default: blue's); $2: the binary; $3: the name (dir, log); $4: blue's
-# backends (default: UP_BLUE alone; see switchyard_toml).
+# $1: green's upstream port (default: UP_GREEN; a backend belongs to one pool); $2: the binary;
+# $3: the name (dir, log); $4: blue's backends (default: UP_BLUE alone; see switchyard_toml).
 start_switchyard() {
-	local green_up=${1:-$UP_BLUE} bin=${2:-$SWITCHYARD} name=${3:-switchyard} port mport
+	local green_up=${1:-$UP_GREEN} bin=${2:-$SWITCHYARD} name=${3:-switchyard} port mport
 	local blue=${4:-"\"127.0.0.1:$UP_BLUE\""} d=$WORK/${3:-switchyard}
 	mkdir -p "$d"
 	read -r port mport < <(free_ports 2)
@@ -527,7 +527,7 @@ alt_binary() {
 start_subject() {
 	case $1 in
 	switchyard) start_switchyard ;;
-	switchyard:*) start_switchyard "$UP_BLUE" "$(alt_binary "${1#switchyard:}")" "sy-${1#switchyard:}" ;;
+	switchyard:*) start_switchyard "$UP_GREEN" "$(alt_binary "${1#switchyard:}")" "sy-${1#switchyard:}" ;;
 	bare-pingora) start_bare_pingora ;;
 	bare-pingora-tuned) start_bare_pingora tuned ;;
 	nginx) start_nginx_proxy ;;

@@ -3,13 +3,15 @@
 # once the clients leave.
 #
 #   benches/idle_memory.sh [COUNT]     (default 2000; needs python3 and curl)
+#   THREADS=2 benches/idle_memory.sh   worker threads (default 1)
 #
-# Starts two `python3 -m http.server` backends and `switchyard serve` (one worker thread) on free
+# Starts two `python3 -m http.server` backends and `switchyard serve` (THREADS workers) on free
 # loopback ports, then benches/idle_conns.py with COUNT clients: each makes one request and stays
 # idle. Prints the proxy's VmRSS before, with the clients held, and 5 s after they closed.
 # Uses $CARGO_TARGET_DIR/release/switchyard (or ./target), built first unless SKIP_BUILD=1.
 set -euo pipefail
 N=${1:-2000}
+THREADS=${THREADS:-1}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 [[ ${SKIP_BUILD:-0} == 1 ]] || (cd "$REPO" && cargo build --release --bin switchyard >&2)
@@ -33,7 +35,7 @@ listen = "127.0.0.1:$M"
 [state]
 dir = "$W/state"
 [server]
-threads = 1
+threads = $THREADS
 [pools.blue]
 backends = ["127.0.0.1:$B1"]
 [pools.green]

@@ -322,7 +322,8 @@ fn bench_forwarding(c: &mut Criterion) {
         g.bench_function(format!("request from {name}: clone + edits"), |b| {
             b.iter(|| {
                 let mut r = req.clone();
-                forwarding::upstream_request(&mut r, black_box(client), false).expect("edits");
+                forwarding::upstream_request(&mut r, black_box(client), false, false)
+                    .expect("edits");
                 r
             })
         });

@@ -66,6 +66,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             for warning in unresolved_names(&config) {
                 eprintln!("{}: warning: {warning}", path.display());
             }
+            let now = std::time::SystemTime::now();
+            // Config::load has checked every certificate; this only finds the ones near expiry.
+            if let Ok(certs) = crate::tls::Certificates::load(&config.tls, now) {
+                for warning in certs.warnings(now) {
+                    eprintln!("{}: warning: {warning}", path.display());
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -20,7 +20,8 @@ static PREVIEW_TOKEN_NAME: HeaderName = HeaderName::from_static(PREVIEW_TOKEN_HE
 
 /// Edits the request about to go upstream: strips the routing headers (ours, never the
 /// application's, so a preview token cannot leak to a backend or its logs), appends the client to
-/// `X-Forwarded-For` and sets `X-Forwarded-Proto` to `http`, the scheme it came in on. A
+/// `X-Forwarded-For` and sets `X-Forwarded-Proto` to the scheme it came in on (`https` when
+/// `tls`, the client connection being TLS, else `http`). A
 /// `trusted` client (a TLS terminator in front of switchyard, `[listen] trusted_proxies`) knows
 /// the scheme the request really came in on, so its `X-Forwarded-Proto` is passed on; anyone
 /// else's is replaced, as it could be forged.
@@ -28,6 +29,7 @@ pub fn upstream_request(
     req: &mut RequestHeader,
     client: Option<IpAddr>,
     trusted: bool,
+    tls: bool,
 ) -> Result<()> {
     // One lookup each: pingora touches its case map only when there was something to remove.
     for name in [&POOL_HEADER_NAME, &PREVIEW_TOKEN_NAME] {
@@ -64,7 +66,7 @@ pub fn upstream_request(
     if !(trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
         req.insert_header(
             bytes::Bytes::from_static(b"X-Forwarded-Proto"),
-            HeaderValue::from_static("http"),
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
         )?;
     }
     Ok(())
@@ -180,7 +182,7 @@ mod tests {
             ("x-switchyard-preview-token", "secret"),
             ("X-Forwarded-Proto", "https"),
         ]);
-        upstream_request(&mut r, client, false).unwrap();
+        upstream_request(&mut r, client, false, false).unwrap();
         assert_eq!(
             wire(&r),
             "Host: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-For: 192.0.2.7\r\n"
@@ -191,13 +193,13 @@ mod tests {
             ("X-Forwarded-For", "203.0.113.1"),
             ("x-forwarded-for", "198.51.100.2, 10.0.0.1"),
         ]);
-        upstream_request(&mut r, client, false).unwrap();
+        upstream_request(&mut r, client, false, false).unwrap();
         let xff: Vec<_> = r.headers.get_all("x-forwarded-for").iter().collect();
         assert_eq!(xff, ["203.0.113.1, 198.51.100.2, 10.0.0.1, 192.0.2.7"]);
 
         // No client address (a Unix socket): nothing to append, the rest still done.
         let mut r = request(&[("X-Switchyard-Pool", "green")]);
-        upstream_request(&mut r, None, false).unwrap();
+        upstream_request(&mut r, None, false, false).unwrap();
         assert_eq!(wire(&r), "X-Forwarded-Proto: http\r\n");
     }
 
@@ -208,7 +210,7 @@ mod tests {
             ("Content-Length", "5"),
             ("content-length", "5"),
         ]);
-        upstream_request(&mut r, None, false).unwrap();
+        upstream_request(&mut r, None, false, false).unwrap();
         assert_eq!(
             wire(&r),
             "Host: a\r\nContent-Length: 5\r\nX-Forwarded-Proto: http\r\n"
@@ -222,17 +224,28 @@ mod tests {
             ("X-Forwarded-Proto", "https"),
             ("X-Forwarded-For", "203.0.113.1"),
         ]);
-        upstream_request(&mut r, lb, true).unwrap();
+        upstream_request(&mut r, lb, true, false).unwrap();
         assert_eq!(
             wire(&r),
             "X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.1, 10.0.0.5\r\n"
         );
         // Trusted but silent about the scheme: it came in as http.
         let mut r = request(&[("Host", "a")]);
-        upstream_request(&mut r, lb, true).unwrap();
+        upstream_request(&mut r, lb, true, false).unwrap();
         assert_eq!(
             wire(&r),
             "Host: a\r\nX-Forwarded-For: 10.0.0.5\r\nX-Forwarded-Proto: http\r\n"
+        );
+    }
+
+    #[test]
+    fn a_tls_client_is_forwarded_as_https_and_cannot_forge_http() {
+        let client = Some(IpAddr::from([192, 0, 2, 7]));
+        let mut r = request(&[("X-Forwarded-Proto", "http")]);
+        upstream_request(&mut r, client, false, true).unwrap();
+        assert_eq!(
+            wire(&r),
+            "X-Forwarded-Proto: https\r\nX-Forwarded-For: 192.0.2.7\r\n"
         );
     }
 

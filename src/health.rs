@@ -29,9 +29,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 
-use crate::config::HealthConfig;
+use crate::config::{HealthConfig, UpstreamProtocol};
 use crate::pools::Backend;
 use crate::routing::{PoolId, Switchboard};
+use crate::tls::upstream::Transport;
 
 /// The health settings in force, and the wake-up for the checker when they or the pools'
 /// membership change. Shared between the checker and whoever reloads the configuration.
@@ -118,31 +119,81 @@ impl Tracker {
     }
 }
 
-/// Runs one check against `addr`.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Probe {
+/// Runs one check against `addr`, spoken to as its pool's `transport` says (HTTP/1.1, h2c, or
+/// either over TLS, verified as requests are), so a backend that answers plain HTTP/1.1 but
+/// not the protocol its pool declares is not taken as healthy.
+pub async fn probe(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    transport: &Transport,
+) -> Probe {
     let check = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
+        let h2 = transport.protocol != UpstreamProtocol::Http1;
+        match transport.health_tls() {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(transport.server_name(addr))
+                    .map_err(|e| format!("TLS server name: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                exchange(tls, h2, addr, path, true).await
+            }
+            None => exchange(stream, h2, addr, path, false).await,
+        }
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(())) => Probe::Pass,
+        Ok(Err(e)) => Probe::Fail(e),
+        Err(_) => Probe::Fail(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// `GET path` over `io`, in HTTP/1.1 or HTTP/2; any 2xx passes.
+async fn exchange<S>(io: S, h2: bool, addr: SocketAddr, path: &str, tls: bool) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let agent = concat!("switchyard-health/", env!("CARGO_PKG_VERSION"));
+    let resp = if h2 {
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                 .await
-                .map_err(|e| format!("handshake: {e}"))?;
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        // HTTP/2 carries the scheme and authority as pseudo-headers, from an absolute URI.
+        let scheme = if tls { "https" } else { "http" };
+        let req = hyper::Request::get(format!("{scheme}://{addr}{path}"))
+            .header("user-agent", agent)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
         let req = hyper::Request::get(path)
             .header("host", addr.to_string())
-            .header(
-                "user-agent",
-                concat!("switchyard-health/", env!("CARGO_PKG_VERSION")),
-            )
+            .header("user-agent", agent)
             .header("connection", "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| format!("request: {e}"))?
+    };
+    {
         let status = resp.status();
         // Drain the (small) body so the exchange completes cleanly.
         let _ = resp.into_body().collect().await;
@@ -151,11 +202,6 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Probe {
         } else {
             Err(format!("answered {status}"))
         }
-    };
-    match tokio::time::timeout(timeout, check).await {
-        Ok(Ok(())) => Probe::Pass,
-        Ok(Err(e)) => Probe::Fail(e),
-        Err(_) => Probe::Fail(format!("no answer within {timeout:?}")),
     }
 }
 
@@ -215,6 +261,7 @@ impl HealthChecker {
                     .min(Duration::from_millis(250));
                 let task = tokio::spawn(check_loop(
                     pool.name.clone(),
+                    (self.switchboard.clone(), pool_id),
                     backend.clone(),
                     self.control.clone(),
                     offset,
@@ -240,6 +287,7 @@ impl HealthChecker {
 /// without losing the progress made so far.
 async fn check_loop(
     pool: String,
+    (switchboard, pool_id): (Arc<Switchboard>, PoolId),
     backend: Arc<Backend>,
     control: Arc<HealthControl>,
     offset: Duration,
@@ -261,7 +309,9 @@ async fn check_loop(
             interval = cfg.interval;
             tick = ticker(interval, interval);
         }
-        let result = probe(backend.addr, &cfg.path, cfg.timeout).await;
+        // The pool's transport as it is now: a reload may have changed it.
+        let transport = switchboard.load().settings.transports[pool_id].clone();
+        let result = probe(backend.addr, &cfg.path, cfg.timeout, &transport).await;
         let passed = result == Probe::Pass;
         if let Some(now) = tracker.observe(passed, cfg.rise, cfg.fall) {
             backend.set_healthy(now);
@@ -310,6 +360,7 @@ pub struct WarmUp {
 /// `min_healthy`, so the swap never leaves that pool short.
 pub async fn warm_up(
     backends: &[Arc<Backend>],
+    transport: &Transport,
     config: &HealthConfig,
     needed: usize,
     within: Duration,
@@ -318,14 +369,14 @@ pub async fn warm_up(
     let deadline = tokio::time::Instant::now() + within;
     let mut checks = tokio::task::JoinSet::new();
     for b in backends {
-        let (b, cfg) = (b.clone(), config.clone());
+        let (b, cfg, transport) = (b.clone(), config.clone(), transport.clone());
         checks.spawn(async move {
             let mut tracker = Tracker::default();
             let mut last = String::from("not checked yet");
             let mut tick = ticker(Duration::ZERO, cfg.interval);
             loop {
                 tick.tick().await;
-                let result = probe(b.addr, &cfg.path, cfg.timeout).await;
+                let result = probe(b.addr, &cfg.path, cfg.timeout, &transport).await;
                 if let Probe::Fail(e) = &result {
                     last = e.clone();
                 }

@@ -528,6 +528,14 @@ pub async fn hold_until_shutdown(shutdown: &mut pingora::server::ShutdownWatch) 
     }
 }
 
+/// Read-only pages served next to `/metrics` (the status page), so the metrics listener can
+/// serve them without the metrics module knowing what they are.
+pub trait Pages: Send + Sync + 'static {
+    /// The response to a `GET` of `path`, or `None` when `path` is not one of these pages.
+    /// May block (it reads files): the listener calls it off the async workers.
+    fn get(&self, path: &str) -> Option<Response<Full<Bytes>>>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod chatops;
 pub mod cli;
 pub mod config;
 pub mod ctl;
@@ -18,13 +19,17 @@ pub mod forwarding;
 pub mod guard;
 pub mod health;
 pub mod httpd;
+pub mod impact;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod page;
 pub mod pools;
 pub mod preview;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod rollout;
 pub mod routing;
 pub mod sd_notify;
@@ -32,4 +37,5 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod upgrade;

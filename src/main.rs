@@ -9,5 +9,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Return a worker's freed pages once the clients it served have gone (src/memory.rs).
+    switchyard::memory::install(|| unsafe { libmimalloc_sys::mi_collect(true) });
     switchyard::cli::run(switchyard::cli::Cli::parse())
 }

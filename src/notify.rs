@@ -80,6 +80,20 @@ impl Event {
                     .unwrap_or_default()
             ),
             "rollback" => format!("rolled back: {} (was {})", e.to, e.from),
+            "impact" => format!(
+                ":bar_chart: {} {} → {}{}: {}",
+                e.action,
+                e.from,
+                e.to,
+                e.reason
+                    .as_ref()
+                    .map(|r| format!(" ('{r}')"))
+                    .unwrap_or_default(),
+                e.impact
+                    .as_ref()
+                    .map(|i| i.summary())
+                    .unwrap_or_else(|| "no figures".into())
+            ),
             "reload" => {
                 let summary = e
                     .detail
@@ -314,6 +328,7 @@ mod tests {
             forced: false,
             trigger: None,
             detail: None,
+            impact: None,
         }
     }
 

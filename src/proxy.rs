@@ -150,6 +150,48 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip().to_canonical())
 }
 
+/// Whether the client connection is TLS (an `[listen] https` listener).
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// Answers a plain-HTTP request with a 308 to the same URL over https on `port`
+/// (`[listen] redirect_to_https`); 308 keeps the method and body, unlike 301.
+async fn redirect_to_https(session: &mut Session, port: u16) -> Result<()> {
+    let req = session.req_header();
+    let host = req
+        .uri
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            let h = req.headers.get(http::header::HOST)?.to_str().ok()?;
+            // host[:port], or [v6]:port
+            let host = match h.rsplit_once(':') {
+                Some((host, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() => {
+                    host
+                }
+                _ => h,
+            };
+            Some(host.to_string())
+        })
+        .filter(|h| !h.is_empty());
+    let Some(host) = host else {
+        session.set_keepalive(None);
+        let body = bytes::Bytes::from_static(b"no Host to redirect to https with\n");
+        return session.respond_error_with_body(400, body).await;
+    };
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut resp = ResponseHeader::build(308, Some(2))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
 /// The index of the pool whose name is `name`.
 fn pool_by_name(table: &RoutingTable, name: &[u8]) -> Option<PoolId> {
     table.pools.iter().position(|p| p.name.as_bytes() == name)
@@ -389,6 +431,14 @@ impl ProxyHttp for Proxy {
             session.respond_error_with_body(status, body).await?;
             return Ok(true);
         }
+        let tls = is_tls(session);
+        if !tls {
+            let port = self.switchboard.load().settings.redirect_https_port;
+            if let Some(port) = port {
+                redirect_to_https(session, port).await?;
+                return Ok(true);
+            }
+        }
         if crate::upgrade::handed_over() {
             // ctl upgrade: this process has handed its sockets to a new one and stops in a few
             // seconds. Close each connection after its response, so the client's next request
@@ -420,6 +470,25 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
+    /// Works around pingora#935 (open in 0.9.1): an HTTP/2 client that ends its request body
+    /// with an empty DATA frame carrying END_STREAM (curl -T -, most streaming clients) makes
+    /// pingora write the HTTP/1.1 chunked terminator twice to an HTTP/1.1 backend, which then
+    /// reads the second `0\r\n\r\n` as the start of the next request on that pooled
+    /// connection and answers an unrelated later request with 400. Dropping the empty last
+    /// chunk leaves the terminator to pingora's `finish`, which writes it once.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if end_of_stream && body.as_ref().is_some_and(|b| b.is_empty()) {
+            *body = None;
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -443,7 +512,7 @@ impl ProxyHttp for Proxy {
             // Only the access log reads it: no clock read per request otherwise.
             ctx.upstream_start = Some(Instant::now());
         }
-        let mut peer = HttpPeer::new(pool.backends[idx].addr, false, String::new());
+        let mut peer = route.table.settings.transports[route.pool].peer(pool.backends[idx].addr);
         let up = &route.table.settings.upstream;
         let opts = &mut peer.options;
         opts.connection_timeout = Some(up.connect_timeout);
@@ -498,7 +567,7 @@ impl ProxyHttp for Proxy {
                     .any(|net| net.contains(&ip))
             })
         });
-        forwarding::upstream_request(upstream_request, client, trusted)
+        forwarding::upstream_request(upstream_request, client, trusted, is_tls(session))
     }
 
     async fn response_filter(

@@ -94,6 +94,42 @@ impl Plan {
         let mut d = Differ { plan: &mut plan };
         // Bound once, handed to pingora and the kernel: an upgrade (or restart) moves them.
         d.restart("listen.http", &addrs(&old.listen), &addrs(&new.listen));
+        d.restart("listen.https", &addrs(&old.https), &addrs(&new.https));
+        // Part of the listeners' HTTP options, fixed when the service is built.
+        d.restart("listen.h2c", &old.h2c, &new.h2c);
+        d.set(
+            "listen.redirect_to_https",
+            &old.redirect_to_https,
+            &new.redirect_to_https,
+        );
+        // Certificate files: a new file list is read and swapped in (new handshakes only); a
+        // renewed file under the same name is noted by the reload, which compares contents.
+        let certs = |c: &Config| {
+            let files: Vec<String> = c
+                .tls
+                .iter()
+                .map(|t| {
+                    let mark = if t.default { " (default)" } else { "" };
+                    format!("{}{mark}", t.cert.display())
+                })
+                .collect();
+            format!("[{}]", files.join(", "))
+        };
+        d.set("tls.certificate", &certs(old), &certs(new));
+        for (o, n) in old.pools.iter().zip(&new.pools) {
+            if o.name != n.name {
+                continue;
+            }
+            let key = |k: &str| format!("pools.{}.{k}", n.name);
+            d.set(&key("protocol"), &o.protocol.as_str(), &n.protocol.as_str());
+            d.set(&key("tls"), &o.tls, &n.tls);
+            d.set(&key("sni"), &opt(&o.sni), &opt(&n.sni));
+            d.set(
+                &key("ca_file"),
+                &opt_path(&o.ca_file),
+                &opt_path(&n.ca_file),
+            );
+        }
         d.restart(
             "admin.socket",
             &old.admin.socket.display(),
@@ -140,6 +176,21 @@ impl Plan {
         );
         d.restart("state.backend", &old.state.backend, &new.state.backend);
         d.restart("server.threads", &old.server.threads, &new.server.threads);
+        // The chat listener, its secret and its users are taken at start (chatops.rs).
+        let chat = |c: &Option<crate::config::ChatopsConfig>| match c {
+            None => "off".to_string(),
+            Some(c) => format!(
+                "listen {}, signing_secret_file {}, users {}",
+                c.listen,
+                c.signing_secret_file.display(),
+                c.users
+                    .iter()
+                    .map(|(id, name)| format!("{id}={name}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        };
+        d.restart("chatops", &chat(&old.chatops), &chat(&new.chatops));
         d.restart(
             "listen.header_timeout",
             &dur(old.header_timeout),

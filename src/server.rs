@@ -16,15 +16,19 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::admin::http::{AdminService, TokenError, Tokens};
 use crate::admin::{Admin, AdminParts, FleetService, GuardService};
+use crate::chatops::service::{Chatops, ChatopsService};
 use crate::config::Config;
 use crate::dns::{self, Names};
 use crate::health::{HealthChecker, HealthControl};
 use crate::httpd::{HandOver, Kind, Listener, UnixBindError};
+use crate::memory::Trimming;
 use crate::metrics::{Metrics, MetricsService};
 use crate::notify::Notifier;
+use crate::page::StatusPage;
 use crate::preview::{PreviewError, PreviewKey};
 use crate::proxy::Proxy;
 use crate::routing::Switchboard;
@@ -56,6 +60,13 @@ pub enum StartError {
          process using it"
     )]
     MetricsListen { addr: SocketAddr, source: io::Error },
+    #[error(
+        "cannot listen on {addr} for chat commands: {source}; change [chatops] listen or stop \
+         the process using it"
+    )]
+    ChatopsListen { addr: SocketAddr, source: io::Error },
+    #[error("chat commands: {0}")]
+    ChatSecret(#[from] crate::chatops::SecretError),
     #[error("the state directory is not usable: {0}")]
     State(#[from] StoreError),
     #[error("{0}")]
@@ -65,6 +76,8 @@ pub enum StartError {
     NotWarm(#[from] NotWarm),
     #[error("cannot warm up the backends: {0}")]
     Runtime(io::Error),
+    #[error("[[tls.certificate]]: {0}")]
+    Tls(#[from] crate::tls::CertError),
 }
 
 /// Read buffer per client connection: none. pingora's default is 64 KiB, held for as long as the
@@ -80,6 +93,10 @@ const CLIENT_WRITE_BUFFER: usize = pingora::listeners::DEFAULT_L4_WRITE_BUFFER_S
 /// Requests served on one client connection before it is closed (nginx's `keepalive_requests`;
 /// pingora's default is no limit), so per-connection memory is returned now and then.
 const KEEPALIVE_REQUESTS: u32 = 1000;
+
+/// How long an HTTP/2 client connection with no open stream is kept (pingora keeps it forever
+/// by default, pingora#563); the same as an idle HTTP/1.1 keep-alive connection.
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(crate::proxy::CLIENT_KEEPALIVE_SECS);
 
 /// How the process behaves around the server; the binary and the tests differ here.
 #[derive(Debug, Clone)]
@@ -142,7 +159,7 @@ impl Switchyard {
         // bound, or checked by binding, here.
         let fresh = !mode.upgrade;
         if fresh {
-            for &addr in &config.listen {
+            for &addr in config.listen.iter().chain(&config.https) {
                 // Fail now on a busy port rather than inside pingora's service task.
                 std::net::TcpListener::bind(addr)
                     .map_err(|source| StartError::Bind { addr, source })?;
@@ -178,6 +195,20 @@ impl Switchyard {
             }
             None => None,
         };
+        let chatops_endpoint = match &config.chatops {
+            Some(c) => {
+                let secret = crate::chatops::SigningSecret::load(&c.signing_secret_file)?;
+                let prebound = fresh
+                    .then(|| Listener::bind_tcp(c.listen))
+                    .transpose()
+                    .map_err(|source| StartError::ChatopsListen {
+                        addr: c.listen,
+                        source,
+                    })?;
+                Some((HandOver::new(Kind::Tcp(c.listen), prebound), secret))
+            }
+            None => None,
+        };
         let run_dir = config
             .admin
             .socket
@@ -185,8 +216,16 @@ impl Switchyard {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
         create_dir(&config.state.dir)?;
+        // Read and checked here, not by pingora (which panics in its service task on a bad file).
+        let now = std::time::SystemTime::now();
+        let certs = crate::tls::Certificates::load(&config.tls, now)?;
+        for warning in certs.warnings(now) {
+            tracing::warn!("{warning}");
+        }
+        let tls = crate::tls::CertStore::new(certs);
 
         let metrics = Arc::new(Metrics::new(&config));
+        metrics.watch_certificates(tls.clone());
         let preview = match &config.routing.preview_token_file {
             Some(path) => Some(PreviewKey::load(path)?),
             None => None,
@@ -204,9 +243,11 @@ impl Switchyard {
                 health: health.clone(),
                 dns: dns.clone(),
                 config_path: config_path.clone(),
+                tls: tls.clone(),
             },
         )?;
         let admin = Arc::new(admin);
+        admin.refresh_report_metrics();
 
         let mut conf = ServerConf {
             threads: config.server.threads,
@@ -258,9 +299,8 @@ impl Switchyard {
         add_background(&mut server, "upgrade phase", phase_watch);
 
         let proxy = Proxy::new(switchboard.clone(), metrics.clone());
-        let mut proxy_service =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
-        if let Some(app) = proxy_service.app_logic_mut() {
+        let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+        {
             let mut options = pingora::apps::HttpServerOptions::default();
             options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
             // The request-head limits apply while the head is read, before any filter runs
@@ -271,8 +311,15 @@ impl Switchyard {
             options.h1_max_header_bytes = Some(crate::proxy::MAX_HEADER_BYTES);
             options.h1_max_headers = Some(crate::proxy::MAX_HEADERS);
             options.h1_refuse_unparsable_request_line = true;
+            // HTTP/2: by ALPN on the https listeners always; with prior knowledge on the plain
+            // ones when `[listen] h2c` (an HTTP/1.1 client there still works: pingora looks for
+            // the h2 preface first). An idle h2 connection is closed after a while, and
+            // shutdown sends GOAWAY and lets open streams finish (within the grace period).
+            options.h2c = config.h2c;
+            options.h2_idle_timeout = Some(H2_IDLE_TIMEOUT);
             app.server_options = Some(options);
         }
+        let mut proxy_service = Service::new("proxy".to_string(), Trimming::new(app));
         for addr in &config.listen {
             let listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(
                 CLIENT_READ_BUFFER,
@@ -280,12 +327,30 @@ impl Switchyard {
             ));
             proxy_service.endpoints().add_listener(listener);
         }
+        let counter = metrics.clone();
+        let on_failure: Arc<dyn Fn(&'static str) + Send + Sync> =
+            Arc::new(move |reason| counter.record_tls_handshake_failure(reason));
+        for addr in &config.https {
+            let listener = ListenerConfig::tcp(addr.to_string())
+                .tls(tls.listener_settings(on_failure.clone()))
+                .l4_buffer(L4BufferSettings::new(
+                    CLIENT_READ_BUFFER,
+                    CLIENT_WRITE_BUFFER,
+                ));
+            proxy_service.endpoints().add_listener(listener);
+        }
         server.add_service(proxy_service);
         let upgrader = match (&config_path, &mode.hand_over) {
             (Some(path), Some(trigger)) => {
-                let mut keys: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+                let mut keys: Vec<String> = config
+                    .listen
+                    .iter()
+                    .chain(&config.https)
+                    .map(|a| a.to_string())
+                    .collect();
                 keys.extend(admin_endpoints.iter().map(|(e, _)| e.key().to_string()));
                 keys.extend(metrics_endpoint.iter().map(|e| e.key().to_string()));
+                keys.extend(chatops_endpoint.iter().map(|(e, _)| e.key().to_string()));
                 Some(Arc::new(Upgrader::new(
                     admin.clone(),
                     path.clone(),
@@ -312,13 +377,16 @@ impl Switchyard {
         let applier = admin.clone();
         let watcher = dns::Watcher::new(dns, Arc::new(move || applier.apply_dns()));
         add_background(&mut server, "dns", watcher);
+        if let (Some((endpoint, secret)), Some(c)) = (chatops_endpoint, &config.chatops) {
+            let chatops = Chatops::new(admin.clone(), metrics.clone(), secret, c);
+            server.add_service(ChatopsService::new(chatops, endpoint, handed_over.clone()));
+        }
         if let Some(endpoint) = metrics_endpoint {
-            server.add_service(MetricsService::new(
-                metrics.clone(),
-                switchboard.clone(),
-                endpoint,
-                handed_over,
-            ));
+            let page = Arc::new(StatusPage::new(admin.clone(), metrics.clone()));
+            server.add_service(
+                MetricsService::new(metrics.clone(), switchboard.clone(), endpoint, handed_over)
+                    .with_pages(page),
+            );
         }
 
         if mode.exit_when_drained {
@@ -334,7 +402,7 @@ impl Switchyard {
                 &mut server,
                 "listener probe",
                 ListenerProbe {
-                    addrs: config.listen.clone(),
+                    addrs: config.listen.iter().chain(&config.https).copied().collect(),
                     switchboard: switchboard.clone(),
                     health: config.health.clone(),
                     upgrade: mode.upgrade,
@@ -389,6 +457,7 @@ impl Switchyard {
             .listen
             .iter()
             .map(|a| a.to_string())
+            .chain(c.https.iter().map(|a| format!("{a} (https)")))
             .collect::<Vec<_>>()
             .join(", ");
         let off = || "off".to_string();

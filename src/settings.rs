@@ -5,8 +5,9 @@
 //! keeps the table it loaded for its whole life, so it sees the old configuration or the new one,
 //! never a mix, and the request path takes no lock to read them.
 
-use crate::config::{Config, Sticky, UpstreamConfig};
+use crate::config::{Config, Sticky, UpstreamConfig, POOL_COUNT};
 use crate::preview::PreviewKey;
+use crate::tls::upstream::Transport;
 
 /// The request path's view of the configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +22,11 @@ pub struct ProxySettings {
     pub preview: Option<PreviewKey>,
     /// `[listen] trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How each pool's backends are spoken to (protocol, TLS), in pool order.
+    pub transports: [Transport; POOL_COUNT],
+    /// `[listen] redirect_to_https`: the port of the first https listener, which plain
+    /// requests are redirected to.
+    pub redirect_https_port: Option<u16>,
 }
 
 impl ProxySettings {
@@ -33,6 +39,11 @@ impl ProxySettings {
             sticky: config.routing.sticky.clone(),
             preview,
             trusted_proxies: config.trusted_proxies.clone(),
+            transports: std::array::from_fn(|i| Transport::from_config(&config.pools[i])),
+            redirect_https_port: config
+                .redirect_to_https
+                .then(|| config.https.first().map(|a| a.port()))
+                .flatten(),
         }
     }
 }

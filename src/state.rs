@@ -80,6 +80,10 @@ pub struct HistoryEntry {
     /// Extra figures (e.g. what the guard measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
+    /// What the change did to errors and latency (`impact.jsonl`, joined when history is read;
+    /// never written into `history.jsonl`, which stays append-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<crate::impact::Impact>,
 }
 
 /// What start-up found in the state directory.

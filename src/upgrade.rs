@@ -646,7 +646,8 @@ pub async fn warm_up(
                 let b = &table.pool(pool_id).backends[idx];
                 let mut t = Tracker::default();
                 loop {
-                    let result = probe(b.addr, &cfg.path, cfg.timeout).await;
+                    let transport = &table.settings.transports[pool_id];
+                    let result = probe(b.addr, &cfg.path, cfg.timeout, transport).await;
                     if let Probe::Fail(e) = &result {
                         *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(format!("{pool_name} {}: {e}", b.addr));

@@ -61,6 +61,10 @@ pub enum AdminCommand {
     RolloutAbort {
         change: ChangeOpts,
     },
+    /// The delivery report (report.rs) over the last `since`.
+    Report {
+        since: Duration,
+    },
 }
 
 /// Options every change accepts.
@@ -166,6 +170,7 @@ pub enum Reply {
     Change(Change),
     Reload(Reloaded),
     History(Vec<HistoryEntry>),
+    Report(crate::report::Report),
     Health { ok: bool },
 }
 

@@ -342,6 +342,7 @@ async fn route(
         "/v1/status" => (Method::GET, |_, _| Ok(AdminCommand::Status)),
         "/v1/health" => (Method::GET, |_, _| Ok(AdminCommand::Health)),
         "/v1/history" => (Method::GET, |_, q| history(q)),
+        "/v1/report" => (Method::GET, |_, q| report(q)),
         "/v1/flip" => (Method::POST, |b, _| flip(b)),
         "/v1/canary" => (Method::POST, |b, _| canary(b)),
         "/v1/promote" => (Method::POST, |b, _| {
@@ -423,7 +424,7 @@ fn authenticate(
     Ok(actor)
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, AdminError> {
     let too_large = AdminError::PayloadTooLarge { limit: MAX_BODY };
     let declared = req
         .headers()
@@ -618,6 +619,32 @@ fn preview_cookie(body: &[u8]) -> Result<AdminCommand, AdminError> {
     }
     let p: Preview = parse(body)?;
     Ok(AdminCommand::PreviewCookie { pool: p.pool })
+}
+
+/// `GET /v1/report?since=30d`.
+fn report(query: &str) -> Result<AdminCommand, AdminError> {
+    let mut since = crate::report::DEFAULT_SINCE;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("since", v)) => {
+                since = humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        AdminError::BadRequest(format!(
+                            "since `{v}` is not a positive duration; use e.g. since=30d or \
+                             since=12h"
+                        ))
+                    })?;
+            }
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter `{pair}`; report takes only since=DURATION"
+                )))
+            }
+        }
+    }
+    Ok(AdminCommand::Report { since })
 }
 
 fn history(query: &str) -> Result<AdminCommand, AdminError> {

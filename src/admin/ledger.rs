@@ -130,6 +130,7 @@ impl Admin {
             }
         };
         self.notifier.send(Event::new(event, entry));
+        self.refresh_report_metrics();
         warning
     }
 
@@ -230,6 +231,7 @@ impl Admin {
             forced: spec.opts.force,
             trigger: spec.trigger.map(str::to_string),
             detail: spec.detail,
+            impact: None,
         };
         tracing::info!(
             actor = spec.actor,
@@ -240,6 +242,8 @@ impl Admin {
             entry.to,
             new.generation
         );
+        let span = self.config().guard.window;
+        self.impact.begin(&entry, &cur, &new, &self.names, span);
         warnings.extend(self.record(entry, spec.event));
         Ok(Reply::Change(Change {
             status: self.status(ledger),

@@ -24,6 +24,8 @@ mod fleet;
 mod gate;
 mod handover;
 pub mod http;
+mod impact;
+mod insight;
 mod ledger;
 mod reload;
 mod start;
@@ -76,6 +78,8 @@ pub struct Admin {
     health: Arc<HealthControl>,
     /// Backend names and what they resolve to.
     dns: Arc<Names>,
+    /// The certificates the https listeners serve (admin/reload.rs swaps them).
+    tls: Arc<crate::tls::CertStore>,
     /// Where the routing state and history are kept (crate::store).
     store: Box<dyn Store>,
     names: Vec<String>,
@@ -88,6 +92,8 @@ pub struct Admin {
     /// Set while a binary upgrade hands over (upgrade.rs): every change and reload is refused
     /// and the guard and rollouts hold, so state.json is final when the new process reads it.
     frozen: AtomicBool,
+    /// Each change's figures before and after (impact.rs).
+    impact: impact::ImpactTracker,
 }
 
 /// What an [`Admin`] is built from, besides the configuration.
@@ -101,6 +107,8 @@ pub struct AdminParts {
     pub dns: Arc<Names>,
     /// The configuration file, for reloads.
     pub config_path: Option<PathBuf>,
+    /// The certificates the https listeners serve, which a reload replaces.
+    pub tls: Arc<crate::tls::CertStore>,
 }
 
 pub(super) fn rollout_running(r: &Rollout, names: &[String]) -> AdminError {
@@ -143,6 +151,7 @@ impl Admin {
             AdminCommand::Health
                 | AdminCommand::Status
                 | AdminCommand::History { .. }
+                | AdminCommand::Report { .. }
                 | AdminCommand::PreviewCookie { .. }
         );
         if !reads {
@@ -155,13 +164,17 @@ impl Admin {
             AdminCommand::History { limit } => self
                 .store
                 .read_history(limit.min(MAX_HISTORY_LIMIT))
-                .map(Reply::History)
+                .map(|mut h| {
+                    self.impact.annotate(&mut h);
+                    Reply::History(h)
+                })
                 .map_err(|e| {
                     AdminError::Internal(format!(
                         "cannot read {}: {e}",
                         self.store.history_location()
                     ))
                 }),
+            AdminCommand::Report { since } => self.report(since).map(Reply::Report),
             AdminCommand::Reload { reason } => self.reload(actor, reason),
             AdminCommand::PreviewCookie { pool } => {
                 self.pool(&pool)?;
@@ -384,6 +397,7 @@ impl Admin {
             detail: Some(serde_json::json!({
                 "step": format!("{what} at step {} of {}", r.step + 1, r.steps.len())
             })),
+            impact: None,
         };
         let warning = self.record(entry, action::ROLLOUT);
         Ok(Reply::Change(Change {
@@ -430,6 +444,7 @@ mod tests {
             health: HealthControl::new(config.health.clone()),
             dns: Names::new(config, metrics(config)),
             config_path: None,
+            tls: Arc::default(),
         }
     }
 

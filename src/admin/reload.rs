@@ -164,6 +164,23 @@ impl Admin {
             })?),
             None => None,
         };
+        // Certificates are read again even when the list is the same: renewing a file in place
+        // is the usual reason to reload. Read in full before anything changes.
+        let now = std::time::SystemTime::now();
+        let certs = crate::tls::Certificates::load(&new.tls, now).map_err(|e| {
+            AdminError::Unprocessable {
+                code: "invalid_config",
+                message: format!("{e}; nothing was changed"),
+                details: vec![e.to_string()],
+            }
+        })?;
+        for warning in certs.warnings(now) {
+            tracing::warn!("{warning}");
+        }
+        let renewed = certs.fingerprints() != self.tls.load().fingerprints();
+        if renewed && old.tls == new.tls {
+            plan.note("tls.certificate", "(old files)", "(renewed files)");
+        }
         if preview.is_some()
             && preview != current.settings.preview
             && old.routing.preview_token_file == new.routing.preview_token_file
@@ -195,6 +212,10 @@ impl Admin {
         )?;
         let summary = plan.summary(&names);
         let applied_us = received.elapsed().as_micros() as u64;
+        if renewed || old.tls != new.tls {
+            // New handshakes from now on; open connections keep what they were served.
+            self.tls.store(certs);
+        }
         self.notifier.set_hooks(new.notify.clone());
         self.dns.set(&new);
         self.dns.record(fresh);
@@ -347,8 +368,13 @@ impl Admin {
                 pool.name,
                 fresh.len()
             );
-            let WarmUp { passed, failed } =
-                run_async(health::warm_up(&fresh, &new.health, wanted, bound));
+            let WarmUp { passed, failed } = run_async(health::warm_up(
+                &fresh,
+                &crate::tls::upstream::Transport::from_config(&new.pools[id]),
+                &new.health,
+                wanted,
+                bound,
+            ));
             let after = kept_healthy + passed;
             if after < need && after < pool.healthy_count() {
                 return Err(AdminError::Conflict {
@@ -422,6 +448,7 @@ fn reload_entry(
         forced: false,
         trigger: None,
         detail: Some(detail),
+        impact: None,
     }
 }
 

@@ -37,6 +37,7 @@ impl Admin {
             health,
             dns,
             config_path,
+            tls,
         } = parts;
         let store = store::open(&config.state).map_err(StoreError::Unavailable)?;
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
@@ -128,6 +129,7 @@ impl Admin {
                 forced: false,
                 trigger: None,
                 detail: None,
+                impact: None,
             };
             if let Err(e) = store.append_history(&entry) {
                 tracing::error!("cannot record the recovered state in history: {e}");
@@ -171,12 +173,14 @@ impl Admin {
         let switchboard = Arc::new(Switchboard::with_pools(pools, state, salt, settings));
         let admin = Admin {
             switchboard: switchboard.clone(),
+            impact: super::impact::ImpactTracker::new(metrics.clone(), &config.state.dir),
             metrics,
             notifier,
             config: ArcSwap::from_pointee(config.clone()),
             config_path,
             health,
             dns,
+            tls,
             store,
             names,
             ledger: Mutex::new(Ledger {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{action, Admin, ChangeOpts, Ledger, Spec, ACTOR_GUARD, ACTOR_ROLLOUT};
 use crate::guard::{judge, Verdict, TICK};
-use crate::metrics::{Figures, WindowStats};
+use crate::metrics::{Tally, WindowStats};
 use crate::rollout::{Next, Rollout};
 use crate::routing::{other, PoolId, RouteState};
 use crate::state::{self, WatchFile};
@@ -142,6 +142,7 @@ impl Admin {
     /// rollout whose step is over.
     pub fn tick(&self) {
         self.metrics.end_failovers(&self.switchboard.load());
+        self.settle_impact();
         let mut ledger = self.lock_ledger();
         self.tick_locked(&mut ledger);
         // What the guard watches and judged, and the rollout's step, for /metrics.
@@ -321,7 +322,7 @@ impl Admin {
         &self,
         pool: PoolId,
         span: Duration,
-        pick: impl Fn(&JudgedFigures) -> Option<&Figures>,
+        pick: impl Fn(&JudgedFigures) -> Option<&Tally>,
     ) -> WindowStats {
         let mut figures = self.metrics.window(pool).figures(span);
         let generation = self.switchboard.state().generation;

@@ -47,8 +47,18 @@ pub const MAX_BP: u32 = 10_000;
 /// A validated configuration. Every field is usable as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Addresses the proxy listens on for client traffic.
+    /// Addresses the proxy listens on for client traffic in plain HTTP.
     pub listen: Vec<SocketAddr>,
+    /// `[listen] https`: addresses the proxy listens on with TLS (ALPN `h2`, `http/1.1`).
+    pub https: Vec<SocketAddr>,
+    /// `[listen] h2c`: HTTP/2 with prior knowledge on the plain listeners (HTTP/1.1 still works
+    /// there: the connection's first bytes tell them apart).
+    pub h2c: bool,
+    /// `[listen] redirect_to_https`: the plain listeners answer every request with a 308 to the
+    /// same URL over https.
+    pub redirect_to_https: bool,
+    /// `[[tls.certificate]]`, in file order; the entry served when SNI matches none is marked.
+    pub tls: Vec<CertificateConfig>,
     /// Clients (a TLS terminator, a load balancer) whose `X-Forwarded-Proto` is passed on; from
     /// anyone else it is replaced with `http`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -69,6 +79,31 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub dns: DnsConfig,
+    /// `[chatops]`: slash commands from a chat platform (chatops.rs); off when absent.
+    pub chatops: Option<ChatopsConfig>,
+}
+
+/// `[chatops]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatopsConfig {
+    /// Where the chat platform POSTs slash commands.
+    pub listen: SocketAddr,
+    /// The platform's signing secret (one line), read at start.
+    pub signing_secret_file: PathBuf,
+    /// Chat user id → the name recorded as the actor; nobody else may run a command.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+/// One `[[tls.certificate]]`: the files, read and checked by [`crate::tls`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// Served when the client's SNI matches no entry (exactly one entry is the default: the
+    /// marked one, else the first).
+    pub default: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +188,38 @@ pub struct PoolConfig {
     /// The backends written as host:port: every A and AAAA record of the name is a backend,
     /// resolved in the background (see `dns`).
     pub names: Vec<DnsName>,
+    /// How switchyard talks to the backends (and checks their health).
+    pub protocol: UpstreamProtocol,
+    /// `tls = true`: TLS to the backends, verified against the system roots or `ca_file`.
+    pub tls: bool,
+    /// The name sent as SNI and verified in the backends' certificates; default: the pool's
+    /// first backend name (`host:port`), else each backend's IP address.
+    pub sni: Option<String>,
+    /// A PEM bundle of the CAs the backends' certificates are verified against, instead of the
+    /// system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[pools.<name>] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP (gRPC backends without TLS).
+    H2c,
+    /// HTTP/2 over TLS, by ALPN (needs `tls = true`).
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
 }
 
 /// A backend entry that names a host rather than an address.
@@ -317,7 +384,7 @@ impl Default for LogConfig {
 
 /// Notification event names a webhook may subscribe to.
 pub const EVENT_KINDS: &[&str] = &[
-    "flip", "canary", "promote", "rollback", "guard", "rollout", "reload",
+    "flip", "canary", "promote", "rollback", "guard", "rollout", "reload", "impact",
 ];
 
 /// One problem in a configuration file, with its location when known.
@@ -398,7 +465,8 @@ impl Config {
             .iter()
             .map(|p| format!("{} ({} backends)", p.name, p.backends.len()))
             .collect();
-        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        let mut listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        listen.extend(self.https.iter().map(|a| format!("{a} (https)")));
         format!(
             "listen {}; pools {}; initial primary {}; admin {}",
             listen.join(", "),
@@ -440,12 +508,18 @@ fn finish(config: Option<Config>, mut list: Vec<ConfigError>) -> Result<Config, 
 }
 
 /// Which file the server reads besides the configuration, and so which parser checks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum SideFileKind {
     /// `[admin] token_file`, read by [`crate::admin::http::Tokens::load`].
     AdminTokens,
     /// `[routing] preview_token_file`, read by [`crate::preview::PreviewKey::load`].
     PreviewToken,
+    /// `[[tls.certificate]] cert` (with its `key`), read by [`crate::tls::cert::load`].
+    Certificate { key: PathBuf },
+    /// `[pools.<name>] ca_file`, read by [`crate::tls::upstream::load_ca`].
+    CaFile,
+    /// `[chatops] signing_secret_file`, read by [`crate::chatops::SigningSecret::load`].
+    ChatSecret,
 }
 
 /// A file a configuration names that the server will read at start-up (and at a reload).
@@ -468,6 +542,17 @@ impl SideFile {
             SideFileKind::PreviewToken => crate::preview::PreviewKey::load(&self.path)
                 .err()
                 .map(|e| format!("[routing] preview_token_file: {e}")),
+            SideFileKind::Certificate { ref key } => {
+                crate::tls::cert::load(&self.path, key, std::time::SystemTime::now())
+                    .err()
+                    .map(|e| format!("[[tls.certificate]]: {e}"))
+            }
+            SideFileKind::CaFile => crate::tls::upstream::load_ca(&self.path)
+                .err()
+                .map(|e| format!("ca_file: {e}")),
+            SideFileKind::ChatSecret => crate::chatops::SigningSecret::load(&self.path)
+                .err()
+                .map(|e| format!("[chatops] signing_secret_file: {e}")),
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct File {
     pub server: Option<Server>,
     pub log: Option<Log>,
     pub dns: Option<Dns>,
+    pub tls: Option<Tls>,
+    pub chatops: Option<Chatops>,
 }
 
 #[derive(Default)]
@@ -47,6 +49,22 @@ pub struct Listen {
     pub http: Option<Spanned<Vec<Spanned<String>>>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub header_timeout: Option<Spanned<String>>,
+    pub https: Option<Spanned<Vec<Spanned<String>>>>,
+    pub h2c: Option<bool>,
+    pub redirect_to_https: Option<Spanned<bool>>,
+}
+
+#[derive(Default)]
+pub struct Tls {
+    pub certificate: Vec<Certificate>,
+}
+
+pub struct Certificate {
+    /// Where the entry starts, for errors about the entry as a whole.
+    pub span: Option<Range<usize>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub default: Option<Spanned<bool>>,
 }
 
 #[derive(Default)]
@@ -82,6 +100,10 @@ pub struct Pool {
     /// Where the pool's table starts, for errors about the pool as a whole.
     pub span: Option<Range<usize>>,
     pub backends: Option<Spanned<Vec<Spanned<String>>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub tls: Option<Spanned<bool>>,
+    pub sni: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -152,6 +174,14 @@ pub struct Log {
 }
 
 #[derive(Default)]
+pub struct Chatops {
+    pub listen: Option<Spanned<String>>,
+    pub signing_secret_file: Option<Spanned<String>>,
+    /// Chat user id → the name history records.
+    pub users: Option<BTreeMap<String, Spanned<String>>>,
+}
+
+#[derive(Default)]
 pub struct Dns {
     pub servers: Option<Spanned<Vec<Spanned<String>>>>,
     pub refresh: Option<Spanned<String>>,
@@ -172,6 +202,9 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
                 ),
             ),
             header_timeout: s.string(errs, "header_timeout", DURATION),
+            https: s.strings(errs, "https", ADDRESSES),
+            h2c: s.bool(errs, "h2c"),
+            redirect_to_https: s.spanned_bool(errs, "redirect_to_https"),
         }),
         admin: r.section(errs, "admin", |s, errs| Admin {
             socket: s.string(errs, "socket", PATH).map(Spanned::into_inner),
@@ -220,6 +253,10 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
                                 "an IP:port or host:port string such as \"10.0.0.1:8000\"",
                             ),
                         ),
+                        protocol: p.string(errs, "protocol", "\"http1\", \"h2c\" or \"h2\""),
+                        tls: p.spanned_bool(errs, "tls"),
+                        sni: p.string(errs, "sni", "a host name string such as \"app.internal\""),
+                        ca_file: p.string(errs, "ca_file", PATH),
                     }
                 },
             )
@@ -298,6 +335,33 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
         dns: r.section(errs, "dns", |s, errs| Dns {
             servers: s.strings(errs, "servers", ADDRESSES),
             refresh: s.string(errs, "refresh", DURATION),
+        }),
+        tls: r.section(errs, "tls", |s, errs| Tls {
+            certificate: s.array_of_tables(errs, "certificate", |c, errs| {
+                c.require(errs, "cert", "cert = \"/etc/switchyard/tls/shop.pem\"");
+                c.require(errs, "key", "key = \"/etc/switchyard/tls/shop.key\"");
+                Certificate {
+                    span: c.span.clone(),
+                    cert: c.string(errs, "cert", PATH),
+                    key: c.string(errs, "key", PATH),
+                    default: c.spanned_bool(errs, "default"),
+                }
+            }),
+        }),
+        chatops: r.section(errs, "chatops", |s, errs| {
+            s.require(errs, "listen", "listen = \"127.0.0.1:9092\"");
+            s.require(
+                errs,
+                "signing_secret_file",
+                "signing_secret_file = \"/etc/switchyard/slack-signing-secret\"",
+            );
+            Chatops {
+                listen: s.string(errs, "listen", ADDRESS),
+                signing_secret_file: s.string(errs, "signing_secret_file", PATH),
+                users: s.section(errs, "users", |u, errs| {
+                    u.strings_by_name(errs, "a name string such as \"alice\"")
+                }),
+            }
         }),
     };
     r.finish(errs);
@@ -439,6 +503,18 @@ impl<'t> Section<'t> {
         }
     }
 
+    /// A boolean, with where it is.
+    fn spanned_bool(&mut self, errs: &mut Errors<'_>, key: &'static str) -> Option<Spanned<bool>> {
+        let (item, span) = self.get(key)?;
+        match item.as_value() {
+            Some(Value::Boolean(b)) => Some(spanned(span, *b.value())),
+            _ => {
+                self.wrong_type(errs, span, key, BOOL, found(item));
+                None
+            }
+        }
+    }
+
     /// A non-negative integer that fits `T`.
     fn uint<T: TryFrom<i64>>(
         &mut self,
@@ -524,6 +600,30 @@ impl<'t> Section<'t> {
             }
         }
         // Every name is a pool name: none is unknown.
+        self.open = true;
+        out
+    }
+
+    /// Every entry of this table as a string named by its key (`[chatops.users]`): any name is
+    /// taken.
+    fn strings_by_name(
+        &mut self,
+        errs: &mut Errors<'_>,
+        expect: &str,
+    ) -> BTreeMap<String, Spanned<String>> {
+        let mut out = BTreeMap::new();
+        let table = self.table;
+        for (name, item) in table.iter() {
+            let span = item
+                .span()
+                .or_else(|| table.key(name).and_then(|k| k.span()));
+            match item.as_value() {
+                Some(Value::String(v)) => {
+                    out.insert(name.to_string(), spanned(span, v.value().clone()));
+                }
+                _ => self.wrong_type(errs, span, name, expect, found(item)),
+            }
+        }
         self.open = true;
         out
     }

@@ -242,7 +242,7 @@ fn an_unknown_key_far_from_any_valid_one_lists_the_section_s_keys() {
     );
     assert_eq!(
         errs[1],
-        "f.toml:8:13: unknown key `extra` in [pools.blue]; the only key is `backends`"
+        "f.toml:8:13: unknown key `extra` in [pools.blue]; the keys are `backends`, `protocol`, `tls`, `sni`, `ca_file`"
     );
     assert_eq!(errs.len(), 2, "{errs:#?}");
 }
@@ -363,7 +363,7 @@ health.bogus = 1
     assert_eq!(
         rendered(text),
         [
-            "f.toml:1:88: unknown key `x` in [pools.green]; the only key is `backends`",
+            "f.toml:1:88: unknown key `x` in [pools.green]; the keys are `backends`, `protocol`, `tls`, `sni`, `ca_file`",
             "f.toml:2:8: unknown key `bogus` in [health]; the keys are `enabled`, `path`, \
              `interval`, `timeout`, `rise`, `fall`, `min_healthy`",
         ]
@@ -610,5 +610,123 @@ fn etcd_settings_are_checked_and_located() {
     assert!(
         errs.contains("t.toml:7:9: [state] fleet is an etcd setting"),
         "{errs}"
+    );
+}
+
+#[test]
+fn tls_listeners_certificates_and_pool_protocols_are_read() {
+    let text = r#"
+[listen]
+https = ["0.0.0.0:8443"]
+h2c = true
+redirect_to_https = true
+
+[[tls.certificate]]
+cert = "/etc/sy/a.pem"
+key = "/etc/sy/a.key"
+
+[[tls.certificate]]
+cert = "/etc/sy/b.pem"
+key = "/etc/sy/b.key"
+default = true
+
+[pools.blue]
+backends = ["127.0.0.1:8001"]
+protocol = "h2c"
+[pools.green]
+backends = ["app.internal:8443"]
+protocol = "h2"
+tls = true
+ca_file = "/etc/sy/ca.pem"
+"#;
+    let c = Config::parse(text, "t.toml").unwrap();
+    assert_eq!(c.https, vec!["0.0.0.0:8443".parse().unwrap()]);
+    assert!(c.h2c && c.redirect_to_https);
+    assert_eq!(c.tls.len(), 2);
+    assert!(!c.tls[0].default && c.tls[1].default);
+    assert_eq!(c.pools[0].protocol, UpstreamProtocol::H2c);
+    assert!(!c.pools[0].tls);
+    assert_eq!(c.pools[1].protocol, UpstreamProtocol::H2);
+    assert!(c.pools[1].tls);
+    assert_eq!(c.pools[1].ca_file, Some(PathBuf::from("/etc/sy/ca.pem")));
+    // https only.
+    let c = Config::parse(
+        &text.replace("[listen]\n", "[listen]\nhttp = []\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.listen.is_empty());
+    // The defaults: plain HTTP/1.1 everywhere, no TLS.
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert!(c.https.is_empty() && c.tls.is_empty() && !c.h2c && !c.redirect_to_https);
+    assert_eq!(c.pools[0].protocol, UpstreamProtocol::Http1);
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_located_errors() {
+    let errs = |text: &str| -> Vec<String> {
+        Config::parse(text, "t.toml")
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let e = errs(&format!(
+        "[listen]\nhttps = [\"127.0.0.1:8443\"]\n{MINIMAL}"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:2:9: [listen] https needs at least one certificate"),
+        "{e:?}"
+    );
+    let e = errs(&format!(
+        "[[tls.certificate]]\ncert = \"a.pem\"\nkey = \"a.key\"\n{MINIMAL}"
+    ));
+    assert!(e[0].contains("[listen] has no https listener"), "{e:?}");
+    let e = errs(&format!("[listen]\nredirect_to_https = true\n{MINIMAL}"));
+    assert!(
+        e[0].starts_with("t.toml:2:21: [listen] redirect_to_https is set but there is no https"),
+        "{e:?}"
+    );
+    let e = errs(&format!(
+        "[listen]\nhttps = [\"127.0.0.1:8443\"]\n\
+         [[tls.certificate]]\ncert = \"a.pem\"\nkey = \"a.key\"\ndefault = true\n\
+         [[tls.certificate]]\ncert = \"b.pem\"\nkey = \"b.key\"\ndefault = true\n{MINIMAL}"
+    ));
+    assert_eq!(
+        e,
+        [
+            "t.toml:10:11: two [[tls.certificate]] entries are the default (the other on line 6); \
+          mark only one"
+        ]
+    );
+    let e = errs(
+        "[pools.blue]\nbackends = [\"127.0.0.1:1\"]\nprotocol = \"h2\"\n\
+         [pools.green]\nbackends = [\"127.0.0.1:2\"]\nprotocol = \"h2c\"\ntls = true\n\
+         [pools.red]\n",
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "t.toml:3:12: pool `blue` protocol \"h2\" is HTTP/2 over TLS: add tls = true"
+        )),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e
+            .starts_with("t.toml:6:12: pool `green` protocol \"h2c\" is HTTP/2 over plain TCP")),
+        "{e:?}"
+    );
+    let e = errs(
+        "[pools.blue]\nbackends = [\"127.0.0.1:1\"]\nprotocol = \"grpc\"\nca_file = \"ca.pem\"\n\
+         [pools.green]\nbackends = [\"127.0.0.1:2\"]\n",
+    );
+    assert!(
+        e[0].starts_with("t.toml:3:12: pool `blue` protocol `grpc` is not one of"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("t.toml:4:11: pool `blue` sets ca_file but not tls = true"),
+        "{e:?}"
     );
 }

@@ -148,10 +148,16 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     let mut listen: Vec<SocketAddr> = Vec::new();
     match &listen_raw.http {
         Some(list) => {
-            if list.get_ref().is_empty() {
+            // An https-only proxy says `http = []`.
+            let https_listed = listen_raw
+                .https
+                .as_ref()
+                .is_some_and(|l| !l.get_ref().is_empty());
+            if list.get_ref().is_empty() && !https_listed {
                 errs.at(
                     list,
-                    "[listen] http is empty; give at least one address such as \"0.0.0.0:8080\""
+                    "[listen] http is empty; give at least one address such as \"0.0.0.0:8080\" \
+                     (or an https listener)"
                         .into(),
                 );
             }
@@ -166,6 +172,84 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             }
         }
         None => listen.push(defaults::LISTEN.parse().expect("valid default")),
+    }
+    let mut https: Vec<SocketAddr> = Vec::new();
+    for s in listen_raw.https.iter().flat_map(|l| l.get_ref()) {
+        if let Some(a) = errs.addr(s, "https listen address") {
+            if https.contains(&a) || listen.contains(&a) {
+                errs.at(s, format!("[listen] lists {a} twice"));
+            } else {
+                https.push(a);
+            }
+        }
+    }
+    let h2c = listen_raw.h2c.unwrap_or(false);
+    let redirect_to_https = listen_raw
+        .redirect_to_https
+        .as_ref()
+        .is_some_and(|r| *r.get_ref());
+    if let Some(r) = listen_raw
+        .redirect_to_https
+        .as_ref()
+        .filter(|r| *r.get_ref())
+    {
+        if https.is_empty() {
+            errs.at(
+                r,
+                "[listen] redirect_to_https is set but there is no https listener to send                  clients to; add https = [\"0.0.0.0:443\"]"
+                    .into(),
+            );
+        }
+    }
+
+    // [[tls.certificate]]
+    let tls_raw = raw.tls.unwrap_or_default();
+    let mut tls = Vec::new();
+    let mut first_default: Option<usize> = None;
+    for c in &tls_raw.certificate {
+        // A missing cert or key was reported as the file was read.
+        let (Some(cert), Some(key)) = (&c.cert, &c.key) else {
+            continue;
+        };
+        let default = c.default.as_ref().is_some_and(|d| *d.get_ref());
+        if let Some(d) = c.default.as_ref().filter(|d| *d.get_ref()) {
+            match first_default {
+                Some(line) => errs.at(
+                    d,
+                    format!(
+                        "two [[tls.certificate]] entries are the default (the other on line \
+                         {line}); mark only one"
+                    ),
+                ),
+                None => first_default = Some(errs.location(&d.span()).0),
+            }
+        }
+        errs.side_file(
+            SideFileKind::Certificate {
+                key: PathBuf::from(key.get_ref()),
+            },
+            cert,
+        );
+        tls.push(CertificateConfig {
+            cert: PathBuf::from(cert.get_ref()),
+            key: PathBuf::from(key.get_ref()),
+            default,
+        });
+    }
+    match (&listen_raw.https, tls_raw.certificate.is_empty()) {
+        (Some(list), true) if !list.get_ref().is_empty() => errs.at(
+            list,
+            "[listen] https needs at least one certificate; add a [[tls.certificate]] with \
+             cert = \"/etc/switchyard/tls/site.pem\" and key = \"/etc/switchyard/tls/site.key\""
+                .into(),
+        ),
+        (_, false) if https.is_empty() && listen_raw.https.is_none() => errs.at_span(
+            tls_raw.certificate[0].span.clone(),
+            "[[tls.certificate]] is given but [listen] has no https listener to serve it \
+                 on; add https = [\"0.0.0.0:443\"]"
+                .into(),
+        ),
+        _ => {}
     }
     let trusted_proxies: Vec<ipnet::IpNet> = listen_raw
         .trusted_proxies
@@ -332,10 +416,79 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
                         ),
                     }
                 }
+                let protocol = match pool.protocol.as_ref() {
+                    None => UpstreamProtocol::Http1,
+                    Some(p) => match p.get_ref().as_str() {
+                        "http1" => UpstreamProtocol::Http1,
+                        "h2c" => UpstreamProtocol::H2c,
+                        "h2" => UpstreamProtocol::H2,
+                        other => {
+                            errs.at(
+                                p,
+                                format!(
+                                    "pool `{name}` protocol `{other}` is not one of \"http1\", \
+                                     \"h2c\" (HTTP/2 over plain TCP), \"h2\" (HTTP/2 over TLS)"
+                                ),
+                            );
+                            UpstreamProtocol::Http1
+                        }
+                    },
+                };
+                let tls = pool.tls.as_ref().is_some_and(|t| *t.get_ref());
+                match (protocol, tls, pool.protocol.as_ref()) {
+                    (UpstreamProtocol::H2, false, Some(p)) => errs.at(
+                        p,
+                        format!(
+                            "pool `{name}` protocol \"h2\" is HTTP/2 over TLS: add tls = true, \
+                             or use \"h2c\" for HTTP/2 over plain TCP"
+                        ),
+                    ),
+                    (UpstreamProtocol::H2c, true, Some(p)) => errs.at(
+                        p,
+                        format!(
+                            "pool `{name}` protocol \"h2c\" is HTTP/2 over plain TCP and \
+                             cannot go with tls = true; use \"h2\" for HTTP/2 over TLS"
+                        ),
+                    ),
+                    _ => {}
+                }
+                for (key, v) in [
+                    ("sni", pool.sni.as_ref()),
+                    ("ca_file", pool.ca_file.as_ref()),
+                ] {
+                    if let (Some(v), false) = (v, tls) {
+                        errs.at(
+                            v,
+                            format!(
+                                "pool `{name}` sets {key} but not tls = true; {key} is only \
+                                 used for TLS to the backends"
+                            ),
+                        );
+                    }
+                }
+                let sni = pool.sni.as_ref().and_then(|s| {
+                    let text = s.get_ref().trim();
+                    let ok = DnsName::parse(&format!("{text}:1")).is_some()
+                        || text.parse::<std::net::IpAddr>().is_ok();
+                    if !ok {
+                        errs.at(
+                            s,
+                            format!("pool `{name}` sni `{text}` is not a host name or IP address"),
+                        );
+                    }
+                    ok.then(|| text.to_ascii_lowercase())
+                });
+                if let Some(f) = &pool.ca_file {
+                    errs.side_file(SideFileKind::CaFile, f);
+                }
                 pools.push(PoolConfig {
                     name: name.clone(),
                     backends,
                     names,
+                    protocol,
+                    tls,
+                    sni,
+                    ca_file: pool.ca_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
                 });
             }
             // A backend in both colours would keep taking traffic after a flip away from it, and
@@ -660,11 +813,44 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .unwrap_or(defaults::DNS_REFRESH),
     };
 
+    // [chatops]
+    let chatops = raw.chatops.and_then(|c| {
+        if let Some(f) = &c.signing_secret_file {
+            errs.side_file(SideFileKind::ChatSecret, f);
+        }
+        let users: std::collections::BTreeMap<String, String> = c
+            .users
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, name)| {
+                let n = name.get_ref().trim().to_string();
+                if n.is_empty() || n.chars().any(char::is_control) {
+                    errs.at(
+                        &name,
+                        format!("[chatops.users] {id}: the name must be non-empty text"),
+                    );
+                    return None;
+                }
+                Some((id, n))
+            })
+            .collect();
+        Some(ChatopsConfig {
+            listen: c
+                .listen
+                .as_ref()
+                .and_then(|a| errs.addr(a, "chatops listen address"))?,
+            signing_secret_file: PathBuf::from(c.signing_secret_file?.into_inner()),
+            users,
+        })
+    });
+
     // Every listener needs its own port: a shared one would let a start-up check pass against
     // the wrong service.
     let mut taken: Vec<(SocketAddr, &str)> = listen.iter().map(|a| (*a, "[listen] http")).collect();
+    taken.extend(https.iter().map(|a| (*a, "[listen] https")));
     taken.extend(admin.listen.map(|a| (a, "[admin] listen")));
     taken.extend(metrics.listen.map(|a| (a, "[metrics] listen")));
+    taken.extend(chatops.as_ref().map(|c| (c.listen, "[chatops] listen")));
     for (i, (a, what)) in taken.iter().enumerate() {
         for (b, other) in &taken[..i] {
             let overlap = a.port() == b.port()
@@ -686,6 +872,10 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     };
     Some(Config {
         listen,
+        https,
+        h2c,
+        redirect_to_https,
+        tls,
         trusted_proxies,
         header_timeout,
         admin,
@@ -701,6 +891,7 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
         server,
         log,
         dns,
+        chatops,
     })
 }
 

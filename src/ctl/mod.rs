@@ -105,10 +105,18 @@ pub enum Verb {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Show the latest changes, newest first.
+    /// Show the latest changes, newest first, each with its impact (errors and latency of the
+    /// colour that gained traffic and of the one that lost it, before and after).
     History {
         #[arg(short = 'n', default_value_t = 20)]
         n: usize,
+    },
+    /// The delivery report from history: deploys per day, change failure rate, time to
+    /// restore, lead time between deploys.
+    Report {
+        /// The period to cover, e.g. 30d, 7d, 12h.
+        #[arg(long, default_value = "30d")]
+        since: String,
     },
     /// Re-read the configuration file and apply what changed, in place; prints what changed.
     /// Refused (exit 1, nothing changed) when the file has errors, changes a key that needs a
@@ -517,6 +525,14 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
         Verb::Resume { reason } => post("/v1/rollout/resume", json!({ "reason": reason })),
         Verb::Abort { reason } => post("/v1/rollout/abort", json!({ "reason": reason })),
         Verb::History { n } => ("GET", format!("/v1/history?limit={n}"), None),
+        Verb::Report { since } => {
+            humantime::parse_duration(since).map_err(|e| {
+                usage(format!(
+                    "error: --since `{since}` is not a duration ({e}); write e.g. 30d, 7d or 12h"
+                ))
+            })?;
+            ("GET", format!("/v1/report?since={since}"), None)
+        }
         Verb::Reload { reason } => post("/v1/reload", json!({ "reason": reason })),
         Verb::PreviewCookie { pool } => post("/v1/preview-cookie", json!({ "pool": pool })),
         Verb::Watch { .. }

@@ -14,6 +14,7 @@ pub(super) fn render(verb: &Verb, a: &Value) -> String {
     match verb {
         Verb::Status => render_status(a),
         Verb::History { .. } => render_history(a),
+        Verb::Report { .. } => render_report(a),
         Verb::Reload { .. } => render_reload(a),
         Verb::PreviewCookie { pool } => format!(
             "{cookie}\n\nRequests carrying this cookie go to {pool} whatever the weights. In the \
@@ -342,10 +343,55 @@ fn render_history(a: &Value) -> String {
             if let Some(r) = e["reason"].as_str() {
                 line.push_str(&format!("  \"{r}\""));
             }
+            if let Ok(i) = serde_json::from_value::<crate::impact::Impact>(e["impact"].clone()) {
+                line.push_str(&format!("  | impact: {}", i.summary()));
+            }
             line
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `ctl report`: the DORA figures, one per line.
+fn render_report(a: &Value) -> String {
+    let Ok(r) = serde_json::from_value::<crate::report::Report>(a.clone()) else {
+        return a.to_string();
+    };
+    let dur = |secs: f64| {
+        humantime::format_duration(std::time::Duration::from_secs(secs.round() as u64)).to_string()
+    };
+    let spread = |sp: &Option<crate::report::Spread>| match sp {
+        Some(x) => format!(
+            "median {}, mean {}, max {} (over {})",
+            dur(x.median),
+            dur(x.mean),
+            dur(x.max),
+            x.count
+        ),
+        None => "none".to_string(),
+    };
+    format!(
+        "delivery report {} .. {} ({} days)
+         deploys:              {} ({:.2} per day)
+         change failure rate:  {} ({} of {} deploys rolled back within {})
+         rollbacks:            {} by hand, {} by the guard
+         time to restore:      {}
+         lead time (between deploys): {}",
+        r.since,
+        r.until,
+        r.days,
+        r.deploys,
+        r.deploys_per_day,
+        r.change_failure_rate
+            .map_or("-".to_string(), |c| format!("{:.1}%", c * 100.0)),
+        r.failed_deploys,
+        r.deploys,
+        dur(r.failure_window_s as f64),
+        r.rollbacks.manual,
+        r.rollbacks.guard,
+        spread(&r.time_to_restore_s),
+        spread(&r.lead_time_s),
+    )
 }
 
 pub(super) fn render_watch(a: &Value) -> String {

@@ -9,7 +9,7 @@
 
 mod window;
 
-pub use window::{Figures, Window, WindowStats};
+pub use window::{Tally, Window, WindowStats};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use pingora::server::{ListenFds, ShutdownWatch};
 
 use crate::config::{Config, POOL_COUNT};
 use crate::guard::Verdict;
-use crate::httpd::{self, HandOver};
+use crate::httpd::{self, HandOver, Pages};
 use crate::routing::{other, PoolId, RouteState, RoutingTable, Switchboard};
 use crate::upgrade::HandedOver;
 
@@ -58,6 +58,14 @@ pub mod names {
     pub const ROLLOUT_STEP: &str = "switchyard_rollout_step";
     pub const ROLLOUT_STEPS: &str = "switchyard_rollout_steps";
     pub const STATE_BACKEND_UP: &str = "switchyard_state_backend_up";
+    pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_cert_expiry_seconds";
+    pub const TLS_HANDSHAKE_FAILURES: &str = "switchyard_tls_handshake_failures_total";
+    pub const REPORT_DEPLOYS_PER_DAY: &str = "switchyard_report_deploys_per_day";
+    pub const REPORT_CHANGE_FAILURE_RATIO: &str = "switchyard_report_change_failure_ratio";
+    pub const REPORT_TIME_TO_RESTORE: &str = "switchyard_report_time_to_restore_seconds";
+    pub const REPORT_LEAD_TIME: &str = "switchyard_report_lead_time_seconds";
+    pub const CHATOPS_COMMANDS: &str = "switchyard_chatops_commands_total";
+    pub const CHATOPS_REFUSED: &str = "switchyard_chatops_refused_total";
 }
 
 /// Every `action` of `switchyard_changes_total` (the admin handler's `action` names and
@@ -146,9 +154,18 @@ pub struct Metrics {
     /// 1 while the state store answers (always, for the file store); 0 while a fleet's etcd is
     /// unreachable and changes are refused.
     pub state_backend_up: IntGauge,
+    /// The delivery report over the last 30 days (report.rs), as of the last change.
+    report: [Gauge; 4],
+    chatops_commands: IntCounterVec,
+    chatops_refused: IntCounterVec,
     /// A failover episode per pool: set by the first request that fails over, cleared by
     /// [`Metrics::end_failovers`], so the start and the end are logged once each.
     failing_over: [AtomicBool; POOL_COUNT],
+    /// Seconds until each served certificate expires, sampled from `certificates` at scrape.
+    tls_cert_expiry: GaugeVec,
+    certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
+    /// Failed TLS handshakes on the https listeners, by reason ([`crate::tls::failure_reason`]).
+    tls_handshake_failures: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -212,7 +229,11 @@ impl Metrics {
             "Failures talking to a backend, by pool and kind (connect, timeout, reset, other).",
             &["pool", "kind"],
         );
-        let window_secs = config.guard.window.as_secs().max(STATUS_WINDOW.as_secs()) as usize;
+        // Long enough for the status page's chart, and for a deploy's impact: the guard window
+        // before a change and the same span after it, read once that span has passed.
+        let window_secs = (config.guard.window.as_secs() * 2 + IMPACT_SLACK_SECS)
+            .max(STATUS_WINDOW.as_secs())
+            .max(CHART_SPAN.as_secs()) as usize;
         let pool = |name: &str| PoolMetrics {
             requests: CODE_CLASSES.map(|c| requests.with_label_values(&[name, c])),
             duration: duration.with_label_values(&[name]),
@@ -281,7 +302,33 @@ impl Metrics {
             ))
             .expect("unique metric");
 
+        let tls_cert_expiry = GaugeVec::new(
+            Opts::new(
+                names::TLS_CERT_EXPIRY,
+                "Seconds until each certificate served on the https listeners expires (0 once \
+                 it has), by its first host name.",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_cert_expiry.clone()))
+            .expect("unique metric");
+
+        let tls_handshake_failures = counter_vec(
+            &registry,
+            names::TLS_HANDSHAKE_FAILURES,
+            "TLS handshakes on the https listeners that failed, by reason (not_tls, \
+             incompatible, no_alpn, certificate_rejected, alert, closed, other).",
+            &["reason"],
+        );
+        for reason in crate::tls::FAILURE_REASONS {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
         let m = Metrics {
+            tls_handshake_failures,
+            tls_cert_expiry,
+            certificates: std::sync::OnceLock::new(),
             inflight: gauge_vec(
                 &registry,
                 names::INFLIGHT,
@@ -393,6 +440,52 @@ impl Metrics {
                 );
                 g.set(1);
                 g
+            },
+            report: [
+                gauge(
+                    &registry,
+                    names::REPORT_DEPLOYS_PER_DAY,
+                    "Deploys per day over the last 30 days (from history, as of the last change).",
+                ),
+                gauge(
+                    &registry,
+                    names::REPORT_CHANGE_FAILURE_RATIO,
+                    "Share of the last 30 days' deploys that were rolled back within an hour.",
+                ),
+                gauge(
+                    &registry,
+                    names::REPORT_TIME_TO_RESTORE,
+                    "Median time from a failed deploy to its rollback, last 30 days (0: none).",
+                ),
+                gauge(
+                    &registry,
+                    names::REPORT_LEAD_TIME,
+                    "Median time between consecutive deploys, last 30 days (0: fewer than two).",
+                ),
+            ],
+            chatops_commands: {
+                let v = counter_vec(
+                    &registry,
+                    names::CHATOPS_COMMANDS,
+                    "Chat slash commands accepted, by command.",
+                    &["command"],
+                );
+                for c in CHATOPS_COMMANDS {
+                    v.with_label_values(&[c]);
+                }
+                v
+            },
+            chatops_refused: {
+                let v = counter_vec(
+                    &registry,
+                    names::CHATOPS_REFUSED,
+                    "Chat requests refused before any change, by reason.",
+                    &["reason"],
+                );
+                for r in CHATOPS_REFUSALS {
+                    v.with_label_values(&[r]);
+                }
+                v
             },
             failing_over: [AtomicBool::new(false), AtomicBool::new(false)],
             registry,
@@ -523,6 +616,24 @@ impl Metrics {
         self.rollout_steps.set(of as i64);
     }
 
+    /// Publishes the delivery report's figures (report.rs).
+    pub fn set_report(&self, r: ReportFigures) {
+        self.report[0].set(r.deploys_per_day);
+        self.report[1].set(r.change_failure_ratio);
+        self.report[2].set(r.time_to_restore_s);
+        self.report[3].set(r.lead_time_s);
+    }
+
+    /// Counts an accepted chat command (one of [`CHATOPS_COMMANDS`]).
+    pub fn record_chatops(&self, command: &str) {
+        self.chatops_commands.with_label_values(&[command]).inc();
+    }
+
+    /// Counts a refused chat request (one of [`CHATOPS_REFUSALS`]).
+    pub fn record_chatops_refusal(&self, reason: &str) {
+        self.chatops_refused.with_label_values(&[reason]).inc();
+    }
+
     pub fn record_change(&self, action: &str) {
         self.changes.with_label_values(&[action]).inc();
     }
@@ -547,8 +658,31 @@ impl Metrics {
         &self.pools[pool].window
     }
 
+    /// Counts a failed TLS handshake.
+    pub fn record_tls_handshake_failure(&self, reason: &str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Samples the expiry of the certificates in `store` (whatever a reload puts there) at
+    /// every scrape.
+    pub fn watch_certificates(&self, store: Arc<crate::tls::CertStore>) {
+        let _ = self.certificates.set(store);
+    }
+
     /// The Prometheus text exposition, with state gauges sampled from `switchboard` now.
     pub fn render(&self, switchboard: &Switchboard) -> Vec<u8> {
+        if let Some(store) = self.certificates.get() {
+            // A certificate removed by a reload must disappear.
+            self.tls_cert_expiry.reset();
+            let now = std::time::SystemTime::now();
+            for e in &store.load().entries {
+                self.tls_cert_expiry
+                    .with_label_values(&[e.name()])
+                    .set(e.remaining(now).as_secs_f64().floor());
+            }
+        }
         let table = switchboard.load();
         let st = table.state;
         // Members come and go with reloads: a removed backend's series must disappear.
@@ -648,6 +782,8 @@ pub struct MetricsService {
     switchboard: Arc<Switchboard>,
     endpoint: HandOver,
     handed_over: HandedOver,
+    /// Pages served next to `/metrics` (the status page).
+    pages: Option<Arc<dyn Pages>>,
 }
 
 impl MetricsService {
@@ -662,7 +798,14 @@ impl MetricsService {
             switchboard,
             endpoint,
             handed_over,
+            pages: None,
         }
+    }
+
+    /// Also serve `pages` (the status page) on this listener.
+    pub fn with_pages(mut self, pages: Arc<dyn Pages>) -> Self {
+        self.pages = Some(pages);
+        self
     }
 }
 
@@ -683,31 +826,46 @@ impl pingora::services::Service for MetricsService {
             }
         };
         let (metrics, switchboard) = (self.metrics.clone(), self.switchboard.clone());
+        let pages = self.pages.clone();
         httpd::serve(
             listener,
             move |req, _peer| {
-                let resp = if req.uri().path() == "/healthz" {
-                    // Liveness: this process serves HTTP; readiness of the pools is in /metrics.
-                    httpd::text(200, "ok\n")
-                } else if req.uri().path() != "/metrics" {
+                let path = req.uri().path().to_string();
+                let get = req.method() == hyper::Method::GET || req.method() == hyper::Method::HEAD;
+                let (metrics, switchboard, pages) =
+                    (metrics.clone(), switchboard.clone(), pages.clone());
+                async move {
+                    if path == "/healthz" {
+                        // Liveness: this process serves HTTP; readiness of the pools is in /metrics.
+                        return httpd::text(200, "ok\n");
+                    }
+                    if path == "/metrics" {
+                        if !get {
+                            return httpd::text(405, "GET /metrics\n");
+                        }
+                        let mut r = httpd::text(200, metrics.render(&switchboard));
+                        r.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        return r;
+                    }
+                    if let Some(pages) = pages.filter(|_| get) {
+                        let served = tokio::task::spawn_blocking(move || pages.get(&path)).await;
+                        match served {
+                            Ok(Some(r)) => return r,
+                            Ok(None) => {}
+                            Err(e) => return httpd::text(500, format!("page failed: {e}\n")),
+                        }
+                    }
                     httpd::text(
                         404,
-                        "not found; metrics are at /metrics, liveness at /healthz\n",
+                        "not found; metrics are at /metrics, liveness at /healthz, the status \
+                         page at /\n",
                     )
-                } else if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD
-                {
-                    httpd::text(405, "GET /metrics\n")
-                } else {
-                    let mut r = httpd::text(200, metrics.render(&switchboard));
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static(
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        ),
-                    );
-                    r
-                };
-                async move { resp }
+                }
             },
             stop,
         )
@@ -727,6 +885,38 @@ impl pingora::services::Service for MetricsService {
         Some(vec![self.endpoint.key().to_string()])
     }
 }
+
+/// How far back the status page's chart goes (per pool: rate, error ratio, p50, p99).
+pub const CHART_SPAN: Duration = Duration::from_secs(15 * 60);
+
+/// Seconds of window kept beyond twice the guard window, so a deploy's "after" span is still
+/// there when the guard tick that settles it runs (a tick or two late).
+const IMPACT_SLACK_SECS: u64 = 10;
+
+/// The delivery report's gauges: 0 where the report has no figure.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReportFigures {
+    pub deploys_per_day: f64,
+    pub change_failure_ratio: f64,
+    /// Medians.
+    pub time_to_restore_s: f64,
+    pub lead_time_s: f64,
+}
+
+/// The chat commands counted by `switchyard_chatops_commands_total`.
+pub const CHATOPS_COMMANDS: [&str; 4] = ["status", "flip", "rollback", "canary"];
+
+/// Why a chat request was refused (`switchyard_chatops_refused_total`): a missing or wrong
+/// signature, a timestamp outside the window, a replayed request, a user not in the config, a
+/// command switchyard refused (bad syntax or the admin handler said no).
+pub const CHATOPS_REFUSALS: [&str; 6] = [
+    "bad_signature",
+    "stale_timestamp",
+    "replayed",
+    "unknown_user",
+    "bad_command",
+    "refused",
+];
 
 /// The window `status` and `watch` report over.
 pub const STATUS_WINDOW: Duration = Duration::from_secs(10);

@@ -154,68 +154,104 @@ impl Window {
 
     /// Figures over `span` seconds, ending `skip` seconds ago.
     fn span_stats(&self, span: Duration, skip: u64) -> WindowStats {
-        self.span_figures(span, skip).stats()
-    }
-
-    /// The counts behind [`Window::stats`], which add up across instances (a fleet's guard
-    /// judges the sum, `store::etcd`).
-    pub fn figures(&self, span: Duration) -> Figures {
-        self.span_figures(span, 0)
-    }
-
-    fn span_figures(&self, span: Duration, skip: u64) -> Figures {
         let now = now_secs();
         let secs = span.as_secs().clamp(1, self.slots.len() as u64 - 1 - skip);
-        let mut f = Figures {
-            seconds: secs,
+        if now < skip {
+            return WindowStats {
+                seconds: secs,
+                ..WindowStats::default()
+            };
+        }
+        let last = now - skip;
+        let first = (now + 1).saturating_sub(secs + skip);
+        let mut s = self.tally(first, last).stats();
+        s.seconds = secs;
+        s
+    }
+
+    /// The raw counts over the last `span` (as [`Window::stats`] counts them), which add up
+    /// across instances: a fleet's guard judges the sum (`store::etcd`).
+    pub fn figures(&self, span: Duration) -> Tally {
+        let now = now_secs();
+        let secs = span.as_secs().clamp(1, self.slots.len() as u64 - 1);
+        let mut t = self.tally((now + 1).saturating_sub(secs), now);
+        t.seconds = secs;
+        t
+    }
+
+    /// The second (of the window's own clock) now is in: what [`Window::tally`] takes.
+    pub fn second(&self) -> u64 {
+        now_secs()
+    }
+
+    /// The raw counts of seconds `first..=last` (of [`Window::second`]'s clock), for figures over
+    /// a span that is not "the last N seconds": a deploy's impact, the status page's chart.
+    /// Seconds the window no longer holds (older than its length) count as empty.
+    pub fn tally(&self, first: u64, last: u64) -> Tally {
+        let mut t = Tally {
             requests: 0,
             errors: 0,
-            latency: vec![0u64; window_bounds().len()],
+            seconds: (last + 1).saturating_sub(first),
+            hist: vec![0; window_bounds().len()],
         };
-        for back in skip..secs + skip {
-            let Some(second) = now.checked_sub(back) else {
-                break;
-            };
-            let slot = &self.slots[(second % self.slots.len() as u64) as usize];
+        let len = self.slots.len() as u64;
+        for second in first.max((now_secs() + 1).saturating_sub(len - 1))..=last {
+            let slot = &self.slots[(second % len) as usize];
             if slot.second.load(Ordering::Acquire) != second {
                 continue;
             }
-            f.requests += slot.requests.load(Ordering::Relaxed);
-            f.errors += slot.errors.load(Ordering::Relaxed);
-            for (h, b) in f.latency.iter_mut().zip(&slot.latency) {
+            t.requests += slot.requests.load(Ordering::Relaxed);
+            t.errors += slot.errors.load(Ordering::Relaxed);
+            for (h, b) in t.hist.iter_mut().zip(&slot.latency) {
                 *h += b.load(Ordering::Relaxed);
             }
         }
-        f
+        t
     }
 }
 
-/// Requests, errors and the latency histogram over a span: what [`WindowStats`] is computed
-/// from, in a form that sums across instances.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Figures {
-    pub seconds: u64,
+/// Raw counts over a span of the window: addable and subtractable, unlike percentiles.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
     pub requests: u64,
     pub errors: u64,
-    /// Counts per bucket of the window's latency bounds.
-    pub latency: Vec<u64>,
+    pub seconds: u64,
+    hist: Vec<u64>,
 }
 
-impl Figures {
-    /// Adds another instance's figures for the same span.
-    pub fn add(&mut self, other: &Figures) {
+impl Tally {
+    /// Adds another instance's counts for the same span.
+    pub fn add(&mut self, other: &Tally) {
         self.requests += other.requests;
         self.errors += other.errors;
-        if other.latency.len() == self.latency.len() {
-            for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+        if other.hist.len() == self.hist.len() {
+            for (a, b) in self.hist.iter_mut().zip(&other.hist) {
                 *a += b;
             }
         }
     }
 
+    /// What is in `self` and not in `earlier` (a snapshot of part of the same span): the
+    /// requests of a second after a given instant, from the second's total minus what it held
+    /// at that instant.
+    pub fn minus(&self, earlier: &Tally) -> Tally {
+        Tally {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            seconds: self.seconds,
+            hist: self
+                .hist
+                .iter()
+                .zip(&earlier.hist)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+        }
+    }
+
+    /// Rate, error ratio and percentiles of these counts.
     pub fn stats(&self) -> WindowStats {
         let bounds = window_bounds();
-        let hist = &self.latency;
+        let hist = &self.hist;
         let total: u64 = hist.iter().sum();
         // As Prometheus' histogram_quantile: find the bucket holding the rank, interpolate
         // linearly inside it; a rank in the +Inf bucket reads as the last finite bound.
@@ -280,6 +316,29 @@ mod tests {
         assert!((p50 - (1.5 + 0.5 * 50.0 / 98.0)).abs() < 1e-6, "{p50}");
         let p99 = s.p99.unwrap().as_secs_f64() * 1000.0;
         assert!((p99 - 275.0).abs() < 1e-6, "{p99}");
+    }
+
+    #[test]
+    fn a_tally_minus_a_snapshot_is_what_came_after_it() {
+        let w = Window::new(10);
+        let now = w.second();
+        for _ in 0..7 {
+            w.record(Some(Duration::from_millis(2)), true);
+        }
+        let at_change = w.tally(now, now);
+        for _ in 0..5 {
+            w.record(Some(Duration::from_millis(300)), false);
+        }
+        // Unless the second turned between the two batches, the snapshot splits it exactly.
+        if w.second() == now {
+            let after = w.tally(now, now + 3).minus(&at_change);
+            assert_eq!((after.requests, after.errors), (5, 0));
+            let s = after.stats();
+            assert!(s.p50.unwrap() > Duration::from_millis(250), "{s:?}");
+            assert_eq!(w.tally(now, now).requests, 12);
+        }
+        // Seconds the window does not hold count as empty.
+        assert_eq!(w.tally(now + 100, now + 200).requests, 0);
     }
 
     #[test]

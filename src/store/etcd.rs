@@ -523,7 +523,8 @@ impl Store for EtcdStore {
 
     fn read_history(&self, limit: usize) -> io::Result<Vec<HistoryEntry>> {
         let key = self.shared.keys.history.clone();
-        let limit = limit as i64;
+        // 0 is "no limit" to etcd (e.g. the delivery report reads all of it).
+        let limit = i64::try_from(limit).unwrap_or(0);
         let (_, kvs) = self
             .block(move |s| async move { s.gateway.range(&key, true, limit, true).await })
             .map_err(|e| io::Error::other(self.shared.unavailable(&e).to_string()))?;

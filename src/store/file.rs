@@ -240,6 +240,7 @@ mod tests {
                     forced: false,
                     trigger: None,
                     detail: None,
+                    impact: None,
                 })
                 .unwrap();
         }

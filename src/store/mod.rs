@@ -16,7 +16,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{StateBackend, StateConfig};
-use crate::metrics::Figures;
+use crate::metrics::Tally;
 use crate::state::{HistoryEntry, Loaded, StateFile, StoreError};
 
 pub use etcd::EtcdStore;
@@ -56,9 +56,9 @@ pub struct JudgedFigures {
     pub generation: u64,
     /// When they were taken (milliseconds since the Unix epoch): old ones are not summed.
     pub at_ms: u64,
-    pub watched: Option<Figures>,
-    pub other: Option<Figures>,
-    pub step: Option<Figures>,
+    pub watched: Option<Tally>,
+    pub other: Option<Tally>,
+    pub step: Option<Tally>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

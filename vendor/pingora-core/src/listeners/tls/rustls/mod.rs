@@ -38,12 +38,19 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    handshake_error_callback: Option<HandshakeErrorCallback>,
 }
+
+/// Called with the error of every failed TLS handshake on a listener (pingora only logs them),
+/// e.g. to count them by reason. [switchyard patch]
+pub type HandshakeErrorCallback = Arc<dyn Fn(&Error) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
     callbacks: Option<SharedTlsAcceptCallbacks>,
     offload: Option<OffloadRuntime>,
+    /// [switchyard patch]
+    handshake_error_callback: Option<HandshakeErrorCallback>,
 }
 
 impl TlsSettings {
@@ -101,7 +108,14 @@ impl TlsSettings {
             offload: self.offload_threadpool.map(|(shards, threads_per_shard)| {
                 OffloadRuntime::new("downstream TLS offload", shards, threads_per_shard)
             }),
+            handshake_error_callback: self.handshake_error_callback,
         }
+    }
+
+    /// Calls `callback` with the error of every TLS handshake on this endpoint that fails.
+    /// [switchyard patch]
+    pub fn set_handshake_error_callback(&mut self, callback: HandshakeErrorCallback) {
+        self.handshake_error_callback = Some(callback);
     }
 
     /// Enable HTTP/2 support for this endpoint, which is default off.
@@ -200,6 +214,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            handshake_error_callback: None,
         })
     }
 
@@ -220,6 +235,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            handshake_error_callback: None,
         })
     }
 }
@@ -238,10 +254,20 @@ impl Acceptor {
             acceptor: RusTlsAcceptor::from(config),
             callbacks: None,
             offload: None,
+            handshake_error_callback: None,
         }
     }
 
     pub async fn tls_handshake<S: IO + 'static>(&self, stream: S) -> Result<TlsStream<S>> {
+        let result = self.tls_handshake_inner(stream).await;
+        // [switchyard patch]
+        if let (Err(e), Some(callback)) = (&result, &self.handshake_error_callback) {
+            callback(e);
+        }
+        result
+    }
+
+    async fn tls_handshake_inner<S: IO + 'static>(&self, stream: S) -> Result<TlsStream<S>> {
         debug!("new tls session");
         if let Some(offload) = self.offload.as_ref() {
             // Clone without offload to prevent recursive offloading on the worker runtime.
@@ -249,6 +275,7 @@ impl Acceptor {
                 acceptor: self.acceptor.clone(),
                 callbacks: None,
                 offload: None,
+                handshake_error_callback: None,
             };
             let callbacks = self.callbacks.clone();
             let rt = offload.get_runtime(stream.id() as u64);
