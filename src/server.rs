@@ -195,6 +195,8 @@ impl Switchyard {
         let health = HealthControl::new(config.health.clone());
         let dns = Names::new(&config, metrics.clone());
         resolve_at_start(&config, &dns);
+        let faults = crate::faults::Faults::new();
+        let (shadow, shadow_queue) = crate::shadow::Shadow::new(&config.shadow, metrics.clone());
         let (switchboard, admin) = Admin::start(
             &config,
             AdminParts {
@@ -204,6 +206,8 @@ impl Switchyard {
                 health: health.clone(),
                 dns: dns.clone(),
                 config_path: config_path.clone(),
+                faults: faults.clone(),
+                shadow: shadow.clone(),
             },
         )?;
         let admin = Arc::new(admin);
@@ -257,7 +261,12 @@ impl Switchyard {
         let (phase_watch, handed_over) = PhaseWatch::new(server.watch_execution_phase());
         add_background(&mut server, "upgrade phase", phase_watch);
 
-        let proxy = Proxy::new(switchboard.clone(), metrics.clone());
+        let proxy = Proxy::new(
+            switchboard.clone(),
+            metrics.clone(),
+            faults,
+            shadow.clone(),
+        );
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
         if let Some(app) = proxy_service.app_logic_mut() {
@@ -304,6 +313,13 @@ impl Switchyard {
         ));
         add_background(&mut server, "guard", GuardService::new(admin.clone()));
         add_background(&mut server, "notifications", delivery);
+        let copies = crate::shadow::worker::ShadowService::new(
+            shadow,
+            switchboard.clone(),
+            shadow_queue,
+            config.shadow.concurrency,
+        );
+        add_background(&mut server, "shadow traffic", copies);
         let checker = HealthChecker::new(switchboard.clone(), health);
         add_background(&mut server, "health checks", checker);
         let applier = admin.clone();

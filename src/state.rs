@@ -213,28 +213,56 @@ impl StateStore {
 
     /// Writes `state.json` durably: temp file, fsync, rename, fsync of the directory.
     pub fn save(&self, file: &StateFile) -> Result<(), StoreError> {
-        let path = self.state_path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let mut json = serde_json::to_vec_pretty(file).expect("state serialises");
+        json.push(b'\n');
+        self.write_file(STATE_FILE, &json)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `name` in the state directory durably (temp file, fsync, rename, fsync of the
+    /// directory): after a crash it holds the old contents or the new, never a mix.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
         let err = |source| StoreError {
             path: path.clone(),
             source,
             committed: false,
         };
-        let mut json = serde_json::to_vec_pretty(file).expect("state serialises");
-        json.push(b'\n');
         let mut f = File::create(&tmp).map_err(err)?;
-        f.write_all(&json).map_err(err)?;
+        f.write_all(contents).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
         fs::rename(&tmp, &path).map_err(err)?;
+        self.sync_dir(&path)
+    }
+
+    /// Removes `name` from the state directory durably (absent already is fine).
+    pub fn remove_file(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(&path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError {
+                path,
+                source,
+                committed: false,
+            }),
+        }
+    }
+
+    fn sync_dir(&self, path: &Path) -> Result<(), StoreError> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|source| StoreError {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source,
                 committed: true,
-            })?;
-        Ok(())
+            })
     }
 
     /// Appends one entry to `history.jsonl` and fsyncs it.

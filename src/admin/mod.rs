@@ -18,9 +18,11 @@
 //! is the wire.
 
 mod command;
+mod faults;
 mod handover;
 pub mod http;
 mod reload;
+mod shadow;
 mod view;
 mod watch;
 
@@ -28,7 +30,9 @@ pub use command::{
     AdminCommand, AdminError, Change, ChangeOpts, PreviewCookie, Reply, DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
 };
+pub use faults::FaultsStatus;
 pub use reload::Reloaded;
+pub use shadow::{ShadowReport, ShadowStatus};
 pub use view::{
     BackendStatus, GuardJudgement, GuardStatus, GuardWatch, PoolStatus, RolloutStatus, Status,
 };
@@ -91,6 +95,9 @@ pub struct Admin {
     /// Set while a binary upgrade hands over (upgrade.rs): every change and reload is refused
     /// and the guard and rollouts hold, so state.json is final when the new process reads it.
     frozen: AtomicBool,
+    /// The fault set in force and the shadow session (rehearsals: `faults`, `shadow`).
+    faults: Arc<crate::faults::Faults>,
+    shadow: Arc<crate::shadow::Shadow>,
 }
 
 /// What an [`Admin`] is built from, besides the configuration.
@@ -104,6 +111,9 @@ pub struct AdminParts {
     pub dns: Arc<Names>,
     /// The configuration file, for reloads.
     pub config_path: Option<PathBuf>,
+    /// Shared with the proxy: the fault set and the shadow session it reads per request.
+    pub faults: Arc<crate::faults::Faults>,
+    pub shadow: Arc<crate::shadow::Shadow>,
 }
 
 /// The action names recorded in history and counted in metrics.
@@ -207,6 +217,8 @@ impl Admin {
             health,
             dns,
             config_path,
+            faults,
+            shadow,
         } = parts;
         let store = StateStore::new(&config.state.dir);
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
@@ -347,7 +359,10 @@ impl Admin {
             reloads: Mutex::new(()),
             dns_held: Mutex::new(None),
             frozen: AtomicBool::new(false),
+            faults,
+            shadow,
         };
+        faults::restore(&admin);
         Ok((switchboard, admin))
     }
 
@@ -370,6 +385,7 @@ impl Admin {
                 | AdminCommand::Status
                 | AdminCommand::History { .. }
                 | AdminCommand::PreviewCookie { .. }
+                | AdminCommand::ShadowReport
         );
         if !reads {
             // Checked again under the change lock (apply, pause_rollout); this is the early no.
@@ -481,6 +497,20 @@ impl Admin {
                 interval,
                 change,
             } => self.start_rollout(received, actor, &to, &steps, interval, change),
+            AdminCommand::Faults {
+                pool,
+                faults,
+                change,
+            } => self.set_faults(actor, &pool, faults, change),
+            AdminCommand::FaultsClear { change } => self.clear_faults(actor, change),
+            AdminCommand::Shadow {
+                pool,
+                bp,
+                duration,
+                change,
+            } => self.start_shadow(actor, &pool, bp, duration, change),
+            AdminCommand::ShadowStop { change } => self.stop_shadow(actor, change),
+            AdminCommand::ShadowReport => Ok(Reply::Shadow(self.shadow_report())),
             AdminCommand::RolloutPause { change } => self.pause_rollout(actor, change, true),
             AdminCommand::RolloutResume { change } => self.pause_rollout(actor, change, false),
             AdminCommand::RolloutAbort { change } => {
@@ -793,6 +823,8 @@ impl Admin {
         if opts.force {
             return Ok(());
         }
+        self.faults_gate(new, cur)?;
+        self.shadow_gate(new, cur)?;
         let table = self.switchboard.load();
         let min_healthy = self.config().health.min_healthy;
         // Only pools that gain traffic are gated; moving traffic away is always allowed.
@@ -853,6 +885,8 @@ mod tests {
             health: HealthControl::new(config.health.clone()),
             dns: Names::new(config, metrics(config)),
             config_path: None,
+            faults: crate::faults::Faults::new(),
+            shadow: crate::shadow::Shadow::new(&config.shadow, metrics(config)).0,
         }
     }
 

@@ -36,6 +36,10 @@ pub struct Status {
     pub rollout: Option<RolloutStatus>,
     /// What the guard watches and its latest judgement.
     pub guard: GuardStatus,
+    /// The fault set in force, if any (`ctl faults`).
+    pub faults: Option<super::FaultsStatus>,
+    /// The latest shadow session, if any (`ctl shadow`).
+    pub shadow: Option<super::ShadowStatus>,
 }
 
 /// `from` has no healthy backend: `to` serves its share of the traffic.
@@ -244,6 +248,8 @@ impl Admin {
                 .collect(),
             rollout,
             guard,
+            faults: self.faults_status(now),
+            shadow: self.shadow_status(now),
         }
     }
 }

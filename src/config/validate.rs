@@ -38,7 +38,7 @@ impl<'a> Errors<'a> {
         line_col(self.text, span.start)
     }
 
-    fn at<T>(&mut self, spanned: &Spanned<T>, message: String) {
+    pub(super) fn at<T>(&mut self, spanned: &Spanned<T>, message: String) {
         self.at_span(Some(spanned.span()), message);
     }
 
@@ -105,7 +105,7 @@ impl<'a> Errors<'a> {
         }
     }
 
-    fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
         match humantime::parse_duration(s.get_ref()) {
             Ok(d) if d > MAX_DURATION => {
                 self.at(
@@ -131,7 +131,7 @@ impl<'a> Errors<'a> {
         }
     }
 
-    fn positive_duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+    pub(super) fn positive_duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
         let d = self.duration(s, what)?;
         if d.is_zero() {
             self.at(s, format!("{what} must be greater than zero"));
@@ -658,6 +658,8 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .unwrap_or(defaults::DNS_REFRESH),
     };
 
+    let (faults, shadow) = super::rehearse::validate(raw.faults, raw.shadow, errs);
+
     // Every listener needs its own port: a shared one would let a start-up check pass against
     // the wrong service.
     let mut taken: Vec<(SocketAddr, &str)> = listen.iter().map(|a| (*a, "[listen] http")).collect();
@@ -699,6 +701,8 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
         server,
         log,
         dns,
+        faults,
+        shadow,
     })
 }
 

@@ -57,6 +57,23 @@ pub mod names {
     pub const GUARD_P99: &str = "switchyard_guard_p99_seconds";
     pub const ROLLOUT_STEP: &str = "switchyard_rollout_step";
     pub const ROLLOUT_STEPS: &str = "switchyard_rollout_steps";
+    pub const INJECTED_FAULTS: &str = "switchyard_injected_faults_total";
+    pub const SHADOW_REQUESTS: &str = "switchyard_shadow_requests_total";
+}
+
+/// Every `result` of `switchyard_shadow_requests_total`: a copy answered by the shadow colour
+/// (`mirrored`), one that failed or timed out (`failed`), one dropped because the queue was full
+/// or the shadow colour had no healthy backend (`dropped`), and a request not copied because its
+/// body was over `shadow.max_body` (`too_large`).
+pub const SHADOW_RESULTS: [&str; 4] = ["mirrored", "failed", "dropped", "too_large"];
+
+/// A `result` of `switchyard_shadow_requests_total`, by index into [`SHADOW_RESULTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowResult {
+    Mirrored = 0,
+    Failed = 1,
+    Dropped = 2,
+    TooLarge = 3,
 }
 
 /// Every `action` of `switchyard_changes_total` (the admin handler's `action` names and
@@ -142,6 +159,10 @@ pub struct Metrics {
     guard_p99: Gauge,
     rollout_step: IntGauge,
     rollout_steps: IntGauge,
+    /// `[pool][kind]` (`crate::faults::FAULT_KINDS`).
+    injected_faults: [[IntCounter; 2]; POOL_COUNT],
+    /// By [`ShadowResult`].
+    shadow_requests: [IntCounter; 4],
     /// A failover episode per pool: set by the first request that fails over, cleared by
     /// [`Metrics::end_failovers`], so the start and the end are logged once each.
     failing_over: [AtomicBool; POOL_COUNT],
@@ -190,6 +211,23 @@ impl Metrics {
             "Requests answered, by pool and status class.",
             &["pool", "code"],
         );
+        let faults = counter_vec(
+            &registry,
+            names::INJECTED_FAULTS,
+            "Faults injected on purpose (ctl faults), by pool and kind (abort, delay).",
+            &["pool", "kind"],
+        );
+        let injected_faults = [0, 1].map(|p| {
+            crate::faults::FAULT_KINDS.map(|k| faults.with_label_values(&[&pool_names[p], k]))
+        });
+        let shadow = counter_vec(
+            &registry,
+            names::SHADOW_REQUESTS,
+            "Shadow copies of live requests (ctl shadow), by result: mirrored, failed, dropped \
+             (queue full or no healthy shadow backend), too_large (body over shadow.max_body).",
+            &["result"],
+        );
+        let shadow_requests = SHADOW_RESULTS.map(|r| shadow.with_label_values(&[r]));
         let duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 names::DURATION,
@@ -381,6 +419,8 @@ impl Metrics {
                 "The number of steps of the rollout in progress (0: no rollout).",
             ),
             failing_over: [AtomicBool::new(false), AtomicBool::new(false)],
+            injected_faults,
+            shadow_requests,
             registry,
             pools,
             pool_names,
@@ -431,6 +471,23 @@ impl Metrics {
             p.duration.observe(l.as_secs_f64());
         }
         p.window.record(latency, failed || status >= 500);
+    }
+
+    /// Counts a fault injected into a request to `pool`.
+    #[inline]
+    pub fn record_fault(&self, pool: PoolId, kind: crate::faults::FaultKind) {
+        self.injected_faults[pool][kind as usize].inc();
+    }
+
+    /// Counts a shadow copy's fate.
+    #[inline]
+    pub fn record_shadow(&self, result: ShadowResult) {
+        self.shadow_requests[result as usize].inc();
+    }
+
+    /// Shadow copies so far with `result` (for the report).
+    pub fn shadow_count(&self, result: ShadowResult) -> u64 {
+        self.shadow_requests[result as usize].get()
     }
 
     #[inline]
