@@ -318,6 +318,7 @@ impl Switchyard {
             switchboard.clone(),
             shadow_queue,
             config.shadow.concurrency,
+            config.upstream.connect_timeout,
         );
         add_background(&mut server, "shadow traffic", copies);
         let checker = HealthChecker::new(switchboard.clone(), health);

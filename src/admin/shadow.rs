@@ -126,7 +126,7 @@ impl Admin {
                 ),
             });
         }
-        let settings = Settings::from_config(&config.shadow, config.upstream.connect_timeout);
+        let settings = Settings::from_config(&config.shadow);
         let methods: Vec<String> = settings.methods.iter().map(ToString::to_string).collect();
         let summary = format!(
             "copying {} of {}'s {} requests to {} for {}, comparing {}",

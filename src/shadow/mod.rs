@@ -44,11 +44,10 @@ pub struct Settings {
     pub timeout: Duration,
     pub comparison: Comparison,
     pub routes: Vec<String>,
-    pub connect_timeout: Duration,
 }
 
 impl Settings {
-    pub fn from_config(c: &ShadowConfig, connect_timeout: Duration) -> Settings {
+    pub fn from_config(c: &ShadowConfig) -> Settings {
         Settings {
             methods: c.methods.clone(),
             max_body: c.max_body,
@@ -58,7 +57,6 @@ impl Settings {
                 ignore_fields: c.ignore_fields.clone(),
             },
             routes: c.routes.clone(),
-            connect_timeout,
         }
     }
 }

@@ -13,6 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, Semaphore};
@@ -28,6 +31,7 @@ pub struct ShadowService {
     switchboard: Arc<Switchboard>,
     queue: Mutex<Option<mpsc::Receiver<Copy>>>,
     concurrency: usize,
+    connect_timeout: Duration,
 }
 
 impl ShadowService {
@@ -36,12 +40,14 @@ impl ShadowService {
         switchboard: Arc<Switchboard>,
         queue: mpsc::Receiver<Copy>,
         concurrency: usize,
+        connect_timeout: Duration,
     ) -> ShadowService {
         ShadowService {
             shadow,
             switchboard,
             queue: Mutex::new(Some(queue)),
             concurrency: concurrency.max(1),
+            connect_timeout,
         }
     }
 }
@@ -53,6 +59,7 @@ impl BackgroundService for ShadowService {
             return;
         };
         let slots = Arc::new(Semaphore::new(self.concurrency));
+        let client = client(self.connect_timeout, self.concurrency);
         loop {
             let slot = tokio::select! {
                 s = slots.clone().acquire_owned() => s,
@@ -65,8 +72,9 @@ impl BackgroundService for ShadowService {
             };
             let Some(copy) = copy else { return };
             let (shadow, switchboard) = (self.shadow.clone(), self.switchboard.clone());
+            let client = client.clone();
             tokio::spawn(async move {
-                send(&shadow, &switchboard, copy).await;
+                send(&client, &shadow, &switchboard, copy).await;
                 drop(slot);
             });
         }
@@ -74,7 +82,7 @@ impl BackgroundService for ShadowService {
 }
 
 /// Sends one copy and records what came of it.
-async fn send(shadow: &Shadow, switchboard: &Switchboard, copy: Copy) {
+async fn send(client: &CopyClient, shadow: &Shadow, switchboard: &Switchboard, copy: Copy) {
     let session = copy.session.clone();
     let settings = &session.settings;
     let addr = {
@@ -91,7 +99,7 @@ async fn send(shadow: &Shadow, switchboard: &Switchboard, copy: Copy) {
     let started = Instant::now();
     let answer = tokio::time::timeout(
         settings.timeout,
-        exchange(addr, &copy, settings.max_body, settings.connect_timeout),
+        exchange(client, addr, &copy, settings.max_body),
     )
     .await;
     let latency = started.elapsed();
@@ -127,45 +135,54 @@ async fn send(shadow: &Shadow, switchboard: &Switchboard, copy: Copy) {
     );
 }
 
+/// The client copies go out on: HTTP/1.1, connections kept per backend (up to the worker's
+/// concurrency), so a steady shadow does not open a connection per copy.
+pub type CopyClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Idle connections to the shadow colour live this long: shorter than common app servers' own
+/// keep-alive (like `upstream.idle_timeout`), so a reuse never races the backend's close.
+const IDLE: Duration = Duration::from_secs(1);
+
+fn client(connect_timeout: Duration, concurrency: usize) -> CopyClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE)
+        .pool_max_idle_per_host(concurrency)
+        .build(connector)
+}
+
 /// Why a copy failed.
 #[derive(Debug, thiserror::Error)]
 enum CopyError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("connect timed out")]
-    ConnectTimeout,
+    #[error("{0}")]
+    Client(#[from] hyper_util::client::legacy::Error),
     #[error("{0}")]
     Http(#[from] hyper::Error),
     #[error("building the request: {0}")]
     Request(#[from] http::Error),
 }
 
-/// One HTTP/1.1 exchange with `addr` on a fresh connection: the status and the body (`None`
-/// when it is over `max_body`, which is then not read further).
+/// One HTTP/1.1 exchange with `addr`: the status and the body (`None` when it is over
+/// `max_body`, which is then not read further).
 async fn exchange(
+    client: &CopyClient,
     addr: std::net::SocketAddr,
     copy: &Copy,
     max_body: usize,
-    connect_timeout: Duration,
 ) -> Result<(u16, Option<Bytes>), CopyError> {
-    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| CopyError::ConnectTimeout)?
-        .map_err(CopyError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
+    let target = copy
+        .request
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
     let mut req = hyper::Request::builder()
         .method(copy.request.method.clone())
-        .uri(
-            copy.request
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str()),
-        );
+        .uri(format!("http://{addr}{target}"));
     for (name, value) in copy.request.headers.iter() {
-        // Framing is hyper's to set for the body it sends; hop-by-hop headers are not ours.
+        // Framing is the client's to set for the body it sends; hop-by-hop headers are not ours.
         if matches!(
             name.as_str(),
             "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade"
@@ -176,23 +193,21 @@ async fn exchange(
     }
     req = req.header(SHADOW_HEADER, "1");
     let req = req.body(Full::new(copy.request_body.clone()))?;
-    let resp = sender.send_request(req).await?;
+    let resp = client.request(req).await?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
     let mut kept = Vec::new();
-    let mut over = false;
     while !body.is_end_stream() {
         let Some(frame) = body.frame().await else {
             break;
         };
         if let Ok(data) = frame?.into_data() {
             if kept.len() + data.len() > max_body {
-                over = true;
-                break;
+                // Not read further: the connection is closed rather than reused.
+                return Ok((status, None));
             }
             kept.extend_from_slice(&data);
         }
     }
-    conn.abort();
-    Ok((status, (!over).then(|| Bytes::from(kept))))
+    Ok((status, Some(Bytes::from(kept))))
 }
