@@ -319,7 +319,10 @@ pub fn load(store: &StateStore, names: &[String]) -> Option<FaultSet> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
-            tracing::error!("cannot read {}: {e}; no faults are injected", path.display());
+            tracing::error!(
+                "cannot read {}: {e}; no faults are injected",
+                path.display()
+            );
             return None;
         }
     };

@@ -236,7 +236,10 @@ impl Plan {
             format!(
                 "methods {:?}, max_body {}, timeout {}, max_duration {}, compare_body {:?}, \
                  ignore_fields {:?}, routes {:?}, max_mismatch_ratio {:?}, min_compared {}",
-                c.methods.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                c.methods
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
                 c.max_body,
                 dur(c.timeout),
                 dur(c.max_duration),

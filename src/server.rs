@@ -261,12 +261,7 @@ impl Switchyard {
         let (phase_watch, handed_over) = PhaseWatch::new(server.watch_execution_phase());
         add_background(&mut server, "upgrade phase", phase_watch);
 
-        let proxy = Proxy::new(
-            switchboard.clone(),
-            metrics.clone(),
-            faults,
-            shadow.clone(),
-        );
+        let proxy = Proxy::new(switchboard.clone(), metrics.clone(), faults, shadow.clone());
         let mut proxy_service =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "proxy");
         if let Some(app) = proxy_service.app_logic_mut() {

@@ -82,8 +82,10 @@ async fn a_20_percent_abort_on_a_50_percent_canary_is_rolled_back_by_the_guard()
         &socket,
         "POST",
         "/v1/faults",
-        Some(json!({"pool": "green", "abort_percent": 20, "status": 503, "for": "10m",
-                    "reason": "game day: does the guard catch it?"})),
+        Some(
+            json!({"pool": "green", "abort_percent": 20, "status": 503, "for": "10m",
+                    "reason": "game day: does the guard catch it?"}),
+        ),
     )
     .await;
     assert_eq!(code, 200, "{st}");
@@ -176,8 +178,15 @@ async fn shares_are_exact_over_10000_requests_and_the_live_pool_needs_force() {
         Some(json!({"pool": "blue", "abort_percent": 20})),
     )
     .await;
-    assert_eq!((code, e["code"].as_str()), (409, Some("pool_is_live")), "{e}");
-    assert!(e["error"].as_str().unwrap().contains("blue is the live pool"));
+    assert_eq!(
+        (code, e["code"].as_str()),
+        (409, Some("pool_is_live")),
+        "{e}"
+    );
+    assert!(e["error"]
+        .as_str()
+        .unwrap()
+        .contains("blue is the live pool"));
     assert!(e["error"].as_str().unwrap().contains("force"));
     let after = status(&proxy).await;
     assert_eq!(after["faults"], Value::Null);
@@ -195,7 +204,10 @@ async fn shares_are_exact_over_10000_requests_and_the_live_pool_needs_force() {
             json!({"pool": "green", "abort_percent": 5, "for": "2h"}),
             "faults.max_duration",
         ),
-        (json!({"pool": "purple", "abort_percent": 5}), "unknown pool"),
+        (
+            json!({"pool": "purple", "abort_percent": 5}),
+            "unknown pool",
+        ),
     ] {
         let (code, e) = admin(&socket, "POST", "/v1/faults", Some(body)).await;
         assert!(code == 400 || code == 404, "{code} {e}");
@@ -252,7 +264,10 @@ async fn shares_are_exact_over_10000_requests_and_the_live_pool_needs_force() {
     assert_eq!(count("delay"), Some(1_000.0));
     let st = status(&proxy).await;
     assert_eq!(
-        (st["faults"]["aborted"].as_u64(), st["faults"]["delayed"].as_u64()),
+        (
+            st["faults"]["aborted"].as_u64(),
+            st["faults"]["delayed"].as_u64()
+        ),
         (Some(2_000), Some(1_000))
     );
 
@@ -264,10 +279,9 @@ async fn shares_are_exact_over_10000_requests_and_the_live_pool_needs_force() {
     assert_eq!(get(proxy.addr, "/").await.status, 200);
     let h = history(&socket).await;
     assert_eq!(h.len(), 2);
-    assert!(h[0]["detail"]["summary"]
-        .as_str()
-        .unwrap()
-        .starts_with("cleared blue: abort 20% with 503, delay 2ms on 10% (2000 aborted, 1000 delayed)"));
+    assert!(h[0]["detail"]["summary"].as_str().unwrap().starts_with(
+        "cleared blue: abort 20% with 503, delay 2ms on 10% (2000 aborted, 1000 delayed)"
+    ));
     assert_eq!(h[1]["forced"], true);
 }
 

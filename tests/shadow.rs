@@ -91,7 +91,10 @@ async fn a_hanging_shadow_costs_the_client_nothing_and_overflow_is_dropped_and_c
 
     let without = p99(proxy.addr, clients, each).await;
     let r = start_shadow(&proxy, "green", 100.0).await;
-    assert_eq!((r["active"].as_bool(), r["pool"].as_str()), (Some(true), Some("green")));
+    assert_eq!(
+        (r["active"].as_bool(), r["pool"].as_str()),
+        (Some(true), Some("green"))
+    );
     let with = p99(proxy.addr, clients, each).await;
     assert!(
         with.as_secs_f64() <= without.as_secs_f64() * 1.2,
@@ -108,9 +111,18 @@ async fn a_hanging_shadow_costs_the_client_nothing_and_overflow_is_dropped_and_c
     .await;
     let r = report(&proxy).await;
     assert_eq!(r["dropped"], sent - 12, "{r}");
-    assert_eq!((r["mirrored"].as_u64(), r["failed"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (r["mirrored"].as_u64(), r["failed"].as_u64()),
+        (Some(0), Some(0))
+    );
     let scrape = scrape(&proxy).await;
-    let count = |result| sample(&scrape, "switchyard_shadow_requests_total", &[("result", result)]);
+    let count = |result| {
+        sample(
+            &scrape,
+            "switchyard_shadow_requests_total",
+            &[("result", result)],
+        )
+    };
     assert_eq!(count("dropped"), Some((sent - 12) as f64));
     assert_eq!(count("mirrored"), Some(0.0));
     println!("live p99 without shadow {without:?}, with a hanging shadow {with:?}");
@@ -152,7 +164,11 @@ async fn copies_are_marked_and_post_is_not_copied_by_default() {
         Some(json!({"pool": "blue", "percent": 10})),
     )
     .await;
-    assert_eq!((code, e["code"].as_str()), (409, Some("pool_is_live")), "{e}");
+    assert_eq!(
+        (code, e["code"].as_str()),
+        (409, Some("pool_is_live")),
+        "{e}"
+    );
     let (code, _) = admin(
         &proxy.socket(),
         "POST",
@@ -166,7 +182,10 @@ async fn copies_are_marked_and_post_is_not_copied_by_default() {
     // Stopped: no more copies, the report stays.
     let (code, r) = admin(&proxy.socket(), "POST", "/v1/shadow/stop", Some(json!({}))).await;
     assert_eq!(code, 200);
-    assert_eq!((r["active"].as_bool(), r["ended_because"].as_str()), (Some(false), Some("stopped")));
+    assert_eq!(
+        (r["active"].as_bool(), r["ended_because"].as_str()),
+        (Some(false), Some("stopped"))
+    );
     c.get("/after").await.unwrap();
     let r = report(&proxy).await;
     assert_eq!(r["mirrored"], 10);
@@ -201,7 +220,10 @@ async fn json_api(colour: &'static str) -> (SocketAddr, tokio::sync::watch::Send
                     ["", "healthz"] => (200, json!({"ok": true})),
                     ["", "api", "users", id] => {
                         let name = if colour == "blue" { "user" } else { "User" };
-                        (200, json!({"id": id, "name": format!("{name} {id}"), "ts": ts}))
+                        (
+                            200,
+                            json!({"id": id, "name": format!("{name} {id}"), "ts": ts}),
+                        )
                     }
                     ["", "api", "orders", id] if colour == "green" => {
                         (500, json!({"error": format!("order {id}: no such table")}))
@@ -238,7 +260,10 @@ async fn mismatches_are_counted_per_route_with_samples_and_gate_the_flip() {
         assert_eq!(c.get(&format!("/api/users/{i}")).await.unwrap().status, 200);
     }
     for i in 0..15 {
-        assert_eq!(c.get(&format!("/api/orders/{i}")).await.unwrap().status, 200);
+        assert_eq!(
+            c.get(&format!("/api/orders/{i}")).await.unwrap().status,
+            200
+        );
     }
     for _ in 0..10 {
         assert_eq!(c.get("/api/ok").await.unwrap().status, 200);
@@ -266,22 +291,42 @@ async fn mismatches_are_counted_per_route_with_samples_and_gate_the_flip() {
     };
     let users = route("GET /api/users/*");
     assert_eq!(
-        (users["mirrored"].as_u64(), users["body_mismatches"].as_u64(), users["status_mismatches"].as_u64()),
+        (
+            users["mirrored"].as_u64(),
+            users["body_mismatches"].as_u64(),
+            users["status_mismatches"].as_u64()
+        ),
         (Some(20), Some(20), Some(0))
     );
     let sample = &users["samples"][0];
     assert_eq!(sample["kind"], "body");
     assert_eq!(sample["first_difference"], "$.name");
-    assert!(sample["live_body"].as_str().unwrap().contains("\"user 0\""), "{sample}");
-    assert!(sample["shadow_body"].as_str().unwrap().contains("\"User 0\""), "{sample}");
+    assert!(
+        sample["live_body"].as_str().unwrap().contains("\"user 0\""),
+        "{sample}"
+    );
+    assert!(
+        sample["shadow_body"]
+            .as_str()
+            .unwrap()
+            .contains("\"User 0\""),
+        "{sample}"
+    );
     assert_eq!(users["samples"].as_array().unwrap().len(), 5);
     let orders = route("GET /api/orders/*");
     assert_eq!(
-        (orders["mirrored"].as_u64(), orders["status_mismatches"].as_u64(), orders["body_mismatches"].as_u64()),
+        (
+            orders["mirrored"].as_u64(),
+            orders["status_mismatches"].as_u64(),
+            orders["body_mismatches"].as_u64()
+        ),
         (Some(15), Some(15), Some(0))
     );
     assert_eq!(
-        (orders["samples"][0]["live_status"].as_u64(), orders["samples"][0]["shadow_status"].as_u64()),
+        (
+            orders["samples"][0]["live_status"].as_u64(),
+            orders["samples"][0]["shadow_status"].as_u64()
+        ),
         (Some(200), Some(500))
     );
     assert!(orders["samples"][0]["shadow_body"]
@@ -290,7 +335,10 @@ async fn mismatches_are_counted_per_route_with_samples_and_gate_the_flip() {
         .contains("no such table"));
     // Same answers but for the ignored timestamp: no mismatch.
     let ok = route("GET /api");
-    assert_eq!((ok["mirrored"].as_u64(), ok["body_mismatches"].as_u64()), (Some(10), Some(0)));
+    assert_eq!(
+        (ok["mirrored"].as_u64(), ok["body_mismatches"].as_u64()),
+        (Some(10), Some(0))
+    );
     assert!(ok["live_p50_ms"].as_f64().is_some() && ok["shadow_p99_ms"].as_f64().is_some());
 
     // The gate: green answered differently on 35 of 45 (78 %): a flip or canary to it is
@@ -301,10 +349,17 @@ async fn mismatches_are_counted_per_route_with_samples_and_gate_the_flip() {
         ("/v1/canary", json!({"pool": "green", "percent": 5})),
     ] {
         let (code, e) = admin(&proxy.socket(), "POST", path, Some(body)).await;
-        assert_eq!((code, e["code"].as_str()), (409, Some("shadow_mismatch")), "{e}");
+        assert_eq!(
+            (code, e["code"].as_str()),
+            (409, Some("shadow_mismatch")),
+            "{e}"
+        );
         let msg = e["error"].as_str().unwrap();
         assert!(msg.contains("35 of 45"), "{msg}");
-        assert!(msg.contains("GET /api/users/*: 0 status, 20 body mismatches"), "{msg}");
+        assert!(
+            msg.contains("GET /api/users/*: 0 status, 20 body mismatches"),
+            "{msg}"
+        );
     }
     let after = admin(&proxy.socket(), "GET", "/v1/status", None).await.1;
     assert_eq!(after["generation"], before["generation"]);
@@ -383,8 +438,7 @@ async fn mirror_until(proxy: &Proxy, mut sent: usize, mirrored: u64) -> (Value, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_stays_flat_over_100000_mirrored_requests() {
-    let (_blue, _green, proxy) =
-        two_pools_with("[shadow]\ncompare_body = \"exact\"\n").await;
+    let (_blue, _green, proxy) = two_pools_with("[shadow]\ncompare_body = \"exact\"\n").await;
     start_shadow(&proxy, "green", 100.0).await;
     let (_, sent) = mirror_until(&proxy, 0, 20_000).await;
     let warm = rss_kib();

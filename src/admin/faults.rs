@@ -126,7 +126,11 @@ impl Admin {
     }
 
     /// `POST /v1/faults/clear`. Clearing when nothing is in force changes (and records) nothing.
-    pub(super) fn clear_faults(&self, actor: &str, change: ChangeOpts) -> Result<Reply, AdminError> {
+    pub(super) fn clear_faults(
+        &self,
+        actor: &str,
+        change: ChangeOpts,
+    ) -> Result<Reply, AdminError> {
         let ledger = self.lock_ledger();
         self.refuse_while_upgrading()?;
         if let Some(set) = self.faults.current() {
@@ -213,7 +217,9 @@ impl Admin {
         match faults::save(&self.store, file.as_ref()) {
             Ok(()) => Ok(()),
             Err(e) if e.committed => {
-                tracing::error!("faults.json written, but the state directory was not fsynced: {e}");
+                tracing::error!(
+                    "faults.json written, but the state directory was not fsynced: {e}"
+                );
                 Ok(())
             }
             Err(e) => Err(save_failed(&e)),

@@ -33,8 +33,7 @@ pub(super) fn validate(
     };
 
     let s = shadow.unwrap_or_default();
-    let mut bounded = |v: Option<&Spanned<usize>>, what: &str, max: usize, default: usize| match v
-    {
+    let mut bounded = |v: Option<&Spanned<usize>>, what: &str, max: usize, default: usize| match v {
         Some(n) if *n.get_ref() == 0 || *n.get_ref() > max => {
             errs.at(n, format!("{what} must be between 1 and {max}"));
             default
@@ -74,9 +73,7 @@ pub(super) fn validate(
                 .filter_map(|m| {
                     let upper = m.get_ref().to_ascii_uppercase();
                     match http::Method::from_bytes(upper.as_bytes()) {
-                        Ok(method) if upper.bytes().all(|b| b.is_ascii_uppercase()) => {
-                            Some(method)
-                        }
+                        Ok(method) if upper.bytes().all(|b| b.is_ascii_uppercase()) => Some(method),
                         _ => {
                             errs.at(
                                 m,
@@ -132,9 +129,11 @@ pub(super) fn validate(
             let p = r.get_ref();
             let ok = p.starts_with('/')
                 && !p.contains(['?', '#', ' '])
-                && p.split('/')
-                    .enumerate()
-                    .all(|(i, seg)| !seg.contains('*') || seg == "*" || (seg == "**" && i == p.split('/').count() - 1));
+                && p.split('/').enumerate().all(|(i, seg)| {
+                    !seg.contains('*')
+                        || seg == "*"
+                        || (seg == "**" && i == p.split('/').count() - 1)
+                });
             if ok {
                 routes.push(p.clone());
             } else {

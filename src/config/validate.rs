@@ -131,7 +131,11 @@ impl<'a> Errors<'a> {
         }
     }
 
-    pub(super) fn positive_duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+    pub(super) fn positive_duration(
+        &mut self,
+        s: &Spanned<String>,
+        what: &str,
+    ) -> Option<Duration> {
         let d = self.duration(s, what)?;
         if d.is_zero() {
             self.at(s, format!("{what} must be greater than zero"));

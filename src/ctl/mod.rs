@@ -489,7 +489,10 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
             force,
             reason,
         } => {
-            let abort = abort.as_deref().map(|a| percent_arg("--abort", a)).transpose()?;
+            let abort = abort
+                .as_deref()
+                .map(|a| percent_arg("--abort", a))
+                .transpose()?;
             let (delay, delay_percent) = match delay.as_deref() {
                 None => (None, None),
                 Some(d) => {

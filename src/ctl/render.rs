@@ -313,7 +313,14 @@ fn render_shadow(a: &Value) -> String {
         "
 {:<28} {:>8} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}
 ",
-        "ROUTE", "MIRRORED", "FAILED", "STATUS", "BODY", "LIVE P50", "LIVE P99", "SHADOW P50",
+        "ROUTE",
+        "MIRRORED",
+        "FAILED",
+        "STATUS",
+        "BODY",
+        "LIVE P50",
+        "LIVE P99",
+        "SHADOW P50",
         "SHADOW P99"
     ));
     for r in &routes {
@@ -357,9 +364,14 @@ fn render_shadow(a: &Value) -> String {
 
 fn render_status(a: &Value) -> String {
     let mut head = routing_line(a);
-    for line in [rollout_line(a), guard_line(a), faults_line(a), shadow_line(a)]
-        .into_iter()
-        .flatten()
+    for line in [
+        rollout_line(a),
+        guard_line(a),
+        faults_line(a),
+        shadow_line(a),
+    ]
+    .into_iter()
+    .flatten()
     {
         head.push('\n');
         head.push_str(&line);

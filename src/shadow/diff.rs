@@ -94,7 +94,13 @@ pub fn compare(how: &Comparison, pair: &Pair<'_>) -> Verdict {
 /// Where two JSON values first differ (`$.user.name`, `$.items[2]`), ignoring object fields
 /// named in `ignore` at any depth; `None` when they are equal.
 pub fn first_difference(a: &Value, b: &Value, ignore: &[String], at: &str) -> Option<String> {
-    let here = || if at.is_empty() { "$".to_string() } else { format!("${at}") };
+    let here = || {
+        if at.is_empty() {
+            "$".to_string()
+        } else {
+            format!("${at}")
+        }
+    };
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();

@@ -228,7 +228,10 @@ impl std::fmt::Debug for Shadow {
 
 impl Shadow {
     /// The shared state and the receiving end for [`worker::ShadowService`].
-    pub fn new(config: &ShadowConfig, metrics: Arc<Metrics>) -> (Arc<Shadow>, mpsc::Receiver<Copy>) {
+    pub fn new(
+        config: &ShadowConfig,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Shadow>, mpsc::Receiver<Copy>) {
         let (tx, rx) = mpsc::channel(config.queue);
         (
             Arc::new(Shadow {
