@@ -341,6 +341,42 @@ async fn mismatches_are_counted_per_route_with_samples_and_gate_the_flip() {
     );
     assert!(ok["live_p50_ms"].as_f64().is_some() && ok["shadow_p99_ms"].as_f64().is_some());
 
+    // `ctl shadow report` says the same for people: a row per route, then the samples.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "--socket"])
+        .arg(proxy.socket())
+        .args(["shadow", "report"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "45 mirrored, 0 failed, 0 dropped, 0 too large; 15 status and 20 body mismatches"
+        ),
+        "{text}"
+    );
+    let row = |route: &str| {
+        text.lines()
+            .find(|l| l.starts_with(route))
+            .map(|l| l.split_whitespace().skip(2).take(4).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        row("GET /api/users/*"),
+        Some(vec!["20", "0", "0", "20"]),
+        "{text}"
+    );
+    assert_eq!(
+        row("GET /api/orders/*"),
+        Some(vec!["15", "0", "15", "0"]),
+        "{text}"
+    );
+    assert!(text.contains("body mismatch on GET /api/users/0: live 200 vs. shadow 200, first difference at $.name"), "{text}");
+    assert!(
+        text.contains("status mismatch on GET /api/orders/0: live 200 vs. shadow 500"),
+        "{text}"
+    );
+
     // The gate: green answered differently on 35 of 45 (78 %): a flip or canary to it is
     // refused with the figures, and nothing changes, unless forced.
     let before = admin(&proxy.socket(), "GET", "/v1/status", None).await.1;

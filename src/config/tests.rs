@@ -597,11 +597,16 @@ fn rehearsal_sections_default_safely_and_locate_their_errors() {
     let errs = Config::parse(&text, "t.toml").unwrap_err().0;
     let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(errs.len(), 7, "{lines:#?}");
-    assert!(lines[0].starts_with("t.toml:7:9: shadow queue must be between 1"), "{lines:#?}");
+    assert!(
+        lines[0].starts_with("t.toml:7:9: shadow queue must be between 1"),
+        "{lines:#?}"
+    );
     assert!(lines[1].contains("compare_body `diffy`"), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("route `api/*`")));
     assert!(lines.iter().any(|l| l.contains("route `/a/**/b`")));
     assert!(lines.iter().any(|l| l.contains("max_mismatch_ratio 2")));
-    assert!(lines.iter().any(|l| l.contains("ignore_fields only applies")));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("ignore_fields only applies")));
     assert!(lines.iter().any(|l| l.contains("speed")), "{lines:#?}");
 }

@@ -292,9 +292,8 @@ fn render_shadow(a: &Value) -> String {
     };
     let n = |k: &str| a[k].as_u64().unwrap_or(0);
     let mut out = format!(
-        "shadow: {state}
-{} mirrored, {} failed, {} dropped, {} too large; {} status and {} body          mismatches ({:.2}%, bodies compared: {}){gate}
-",
+        "shadow: {state}\n{} mirrored, {} failed, {} dropped, {} too large; {} status and {} \
+         body mismatches ({:.2}%, bodies compared: {}){gate}\n",
         n("mirrored"),
         n("failed"),
         n("dropped"),
@@ -310,9 +309,7 @@ fn render_shadow(a: &Value) -> String {
     }
     let ms = |v: &Value| v.as_f64().map_or("-".into(), |m| format!("{m:.1}ms"));
     out.push_str(&format!(
-        "
-{:<28} {:>8} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}
-",
+        "\n{:<28} {:>8} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
         "ROUTE",
         "MIRRORED",
         "FAILED",
@@ -325,8 +322,7 @@ fn render_shadow(a: &Value) -> String {
     ));
     for r in &routes {
         out.push_str(&format!(
-            "{:<28} {:>8} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}
-",
+            "{:<28} {:>8} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
             s(&r["route"]),
             r["mirrored"].as_u64().unwrap_or(0),
             r["failed"].as_u64().unwrap_or(0),
@@ -341,10 +337,7 @@ fn render_shadow(a: &Value) -> String {
     for r in &routes {
         for x in r["samples"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "
-{} mismatch on {} {}: live {} vs. shadow {}{}
-  live:   {}
-  shadow: {}",
+                "\n{} mismatch on {} {}: live {} vs. shadow {}{}\n  live:   {}\n  shadow: {}",
                 s(&x["kind"]),
                 s(&x["method"]),
                 s(&x["path"]),
