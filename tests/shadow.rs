@@ -410,14 +410,6 @@ async fn mismatches_are_counted_per_route_with_samples_and_gate_the_flip() {
     assert_eq!((code, st["primary"].as_str()), (200, Some("green")), "{st}");
 }
 
-fn routes_have_few_samples(r: &Value) -> bool {
-    r["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|x| x["samples"].as_array().unwrap().len() <= 5)
-}
-
 /// Resident memory of this process (the proxy runs in it), in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -474,16 +466,24 @@ async fn mirror_until(proxy: &Proxy, mut sent: usize, mirrored: u64) -> (Value, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_stays_flat_over_100000_mirrored_requests() {
-    let (_blue, _green, proxy) = two_pools_with("[shadow]\ncompare_body = \"exact\"\n").await;
+    // Upstreams that keep nothing per request (the harness's `Upstream` records every request
+    // it sees, which would be the test's own growth), answering the same JSON but for `ts`.
+    let (blue, _b) = json_api("blue").await;
+    let (green, _g) = json_api("blue").await;
+    let toml = format!(
+        "{}\n[shadow]\ncompare_body = \"json\"\nignore_fields = [\"ts\"]\n",
+        pools_toml(&[blue], &[green])
+    );
+    let proxy = Proxy::start(&toml).await;
     start_shadow(&proxy, "green", 100.0).await;
     let (_, sent) = mirror_until(&proxy, 0, 20_000).await;
     let warm = rss_kib();
     let (r, sent) = mirror_until(&proxy, sent, 100_000).await;
     let end = rss_kib();
     assert_eq!(r["failed"], 0, "{}", r["failed"]);
-    // blue answers `blue`, green `green`: every body differs, and only 5 samples per route stay.
-    assert_eq!(r["body_mismatches"], r["mirrored"]);
-    assert!(routes_have_few_samples(&r));
+    // The same JSON but for the ignored `ts`: every pair was compared and agreed.
+    assert_eq!(r["body_mismatches"], 0);
+    assert_eq!(r["status_mismatches"], 0);
     let routes = r["routes"].as_array().unwrap();
     assert_eq!(routes.len(), 101, "100 routes and the rest under one");
     println!(

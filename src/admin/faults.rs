@@ -153,6 +153,10 @@ impl Admin {
     /// Ends a fault set whose time is up: removed from `faults.json`, recorded and announced.
     /// (The request path stopped injecting at the instant itself.) Called by the guard's tick.
     pub(super) fn expire_faults(&self) {
+        if self.is_frozen() {
+            // Handing over to a new process: it read faults.json and ends the set itself.
+            return;
+        }
         let now = Instant::now();
         if !self.faults.current().is_some_and(|s| s.expired(now)) {
             return;

@@ -480,7 +480,15 @@ pub(super) fn render_watch(a: &Value) -> String {
         a["generation"].as_u64().unwrap_or(0),
         ""
     );
-    for line in [rollout_line(a), guard_line(a)].into_iter().flatten() {
+    for line in [
+        rollout_line(a),
+        guard_line(a),
+        faults_line(a),
+        shadow_line(a),
+    ]
+    .into_iter()
+    .flatten()
+    {
         out.insert_str(out.find("\n\n").unwrap_or(out.len()), &format!("\n{line}"));
     }
     for (name, _) in &pools {
