@@ -107,6 +107,19 @@ impl Event {
                     format!(":warning: configuration reload refused, nothing changed: {summary}")
                 }
             }
+            "faults" | "shadow" => format!(
+                "{}: {}",
+                if self.event == "faults" {
+                    ":boom: fault injection"
+                } else {
+                    ":busts_in_silhouette: shadow traffic"
+                },
+                e.detail
+                    .as_ref()
+                    .and_then(|d| d.get("summary"))
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+            ),
             "rollout" => format!(
                 "rollout{}: {} (was {})",
                 e.detail

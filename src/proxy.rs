@@ -16,10 +16,12 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Sticky, MAX_BP};
+use crate::faults::{FaultKind, Faults};
 use crate::forwarding;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::preview::{self, PREVIEW_COOKIE};
 use crate::routing::{other, PoolId, RoutingTable, Switchboard};
+use crate::shadow::{Capture, Shadow};
 
 /// Response header naming the pool that served the request; request header for preview routing.
 pub const POOL_HEADER: &str = "x-switchyard-pool";
@@ -45,19 +47,30 @@ fn valid_uid(v: &[u8]) -> bool {
 pub struct Proxy {
     switchboard: Arc<Switchboard>,
     metrics: Arc<Metrics>,
+    /// Rehearsals: the fault set in force and the shadow session, each one lock-free load per
+    /// request (`crate::faults`, `crate::shadow`).
+    faults: Arc<Faults>,
+    shadow: Arc<Shadow>,
     /// `x-switchyard-pool` values, built once rather than per response (pool names never change
     /// without a restart).
     pool_header_values: [HeaderValue; 2],
 }
 
 impl Proxy {
-    pub fn new(switchboard: Arc<Switchboard>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(
+        switchboard: Arc<Switchboard>,
+        metrics: Arc<Metrics>,
+        faults: Arc<Faults>,
+        shadow: Arc<Shadow>,
+    ) -> Proxy {
         let names = switchboard.pool_names();
         let value = |n: &str| HeaderValue::from_str(n).expect("pool names are valid header values");
         Proxy {
             pool_header_values: [value(&names[0]), value(&names[1])],
             switchboard,
             metrics,
+            faults,
+            shadow,
         }
     }
 }
@@ -355,7 +368,13 @@ pub struct RequestCtx {
     upstream_start: Option<Instant>,
     /// From `upstream_start` to the upstream's response header, for the access log.
     upstream_time: Option<std::time::Duration>,
+    /// This request is being copied to the shadow colour: what is kept of it until it is done.
+    shadow: Option<Box<Capture>>,
 }
+
+/// The body of an injected abort: says what it is, so nobody debugs the application for it.
+static INJECTED_FAULT: bytes::Bytes =
+    bytes::Bytes::from_static(b"fault injected by switchyard (ctl faults clear stops it)\n");
 
 /// The body of the 503 answered when neither pool has a healthy backend.
 static NO_HEALTHY_BACKEND: bytes::Bytes =
@@ -379,6 +398,7 @@ impl ProxyHttp for Proxy {
             start: Instant::now(),
             upstream_start: None,
             upstream_time: None,
+            shadow: None,
         }
     }
 
@@ -466,7 +486,25 @@ impl ProxyHttp for Proxy {
                 .await?;
             return Ok(true);
         };
+        let primary = table.state.primary;
         ctx.route = Some(Route::new(table, pool));
+        if let Some(injection) = self.faults.decide(pool) {
+            if let Some(delay) = injection.delay {
+                self.metrics.record_fault(pool, FaultKind::Delay);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = injection.abort {
+                self.metrics.record_fault(pool, FaultKind::Abort);
+                session
+                    .respond_error_with_body(status, INJECTED_FAULT.clone())
+                    .await?;
+                return Ok(true);
+            }
+        }
+        if !preview {
+            let req = session.req_header();
+            ctx.shadow = self.shadow.pick(pool, primary, &req.method, &req.headers);
+        }
         Ok(false)
     }
 
@@ -476,17 +514,39 @@ impl ProxyHttp for Proxy {
     /// reads the second `0\r\n\r\n` as the start of the next request on that pooled
     /// connection and answers an unrelated later request with 400. Dropping the empty last
     /// chunk leaves the terminator to pingora's `finish`, which writes it once.
+    ///
+    /// Also keeps the body of a request being copied to the shadow colour (up to
+    /// `shadow.max_body`; a larger one is not copied).
     async fn request_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(capture), Some(chunk)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            if !capture.request_chunk(chunk, &self.metrics) {
+                ctx.shadow = None;
+            }
+        }
         if end_of_stream && body.as_ref().is_some_and(|b| b.is_empty()) {
             *body = None;
         }
         Ok(())
+    }
+
+    /// Keeps the live answer's body for the shadow diff (up to `shadow.max_body`).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(capture), Some(chunk)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            capture.response_chunk(chunk);
+        }
+        Ok(None)
     }
 
     async fn upstream_peer(
@@ -567,7 +627,12 @@ impl ProxyHttp for Proxy {
                     .any(|net| net.contains(&ip))
             })
         });
-        forwarding::upstream_request(upstream_request, client, trusted, is_tls(session))
+        forwarding::upstream_request(upstream_request, client, trusted, is_tls(session))?;
+        if let Some(capture) = ctx.shadow.as_mut() {
+            // The copy goes out as the live request did, forwarding headers and all.
+            capture.request = Some(upstream_request.clone());
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -583,6 +648,9 @@ impl ProxyHttp for Proxy {
             if route.table.settings.response_header {
                 forwarding::mark_response(upstream_response, &self.pool_header_values[route.pool])?;
             }
+        }
+        if let Some(capture) = ctx.shadow.as_mut() {
+            capture.live_status = upstream_response.status.as_u16();
         }
         if let Some(uid) = ctx.set_cookie.take() {
             let cookie = format!("{STICKY_COOKIE}={uid}{STICKY_COOKIE_ATTRS}");
@@ -634,6 +702,12 @@ impl ProxyHttp for Proxy {
             let elapsed = ctx.start.elapsed();
             let failed = upstream_error.is_some();
             self.metrics.record_request(r.pool, status, elapsed, failed);
+            // The client has its whole answer: now (and only if it went through) the copy goes.
+            if let Some(capture) = ctx.shadow.take() {
+                if e.is_none() && status != 0 && status != 101 {
+                    self.shadow.submit(capture, elapsed);
+                }
+            }
         }
         let access_log = match &ctx.route {
             Some(r) => r.table.settings.access_log,

@@ -275,6 +275,34 @@ impl Plan {
             &list(&new.dns.servers),
         );
         d.set("dns.refresh", &dur(old.dns.refresh), &dur(new.dns.refresh));
+        d.set(
+            "faults.max_duration",
+            &dur(old.faults.max_duration),
+            &dur(new.faults.max_duration),
+        );
+        // The queue and the worker's slots are made once; the rest applies to the next session.
+        let (o, n) = (&old.shadow, &new.shadow);
+        d.restart("shadow.queue", &o.queue, &n.queue);
+        d.restart("shadow.concurrency", &o.concurrency, &n.concurrency);
+        let session = |c: &crate::config::ShadowConfig| {
+            format!(
+                "methods {:?}, max_body {}, timeout {}, max_duration {}, compare_body {:?}, \
+                 ignore_fields {:?}, routes {:?}, max_mismatch_ratio {:?}, min_compared {}",
+                c.methods
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+                c.max_body,
+                dur(c.timeout),
+                dur(c.max_duration),
+                c.compare_body,
+                c.ignore_fields,
+                c.routes,
+                c.max_mismatch_ratio,
+                c.min_compared
+            )
+        };
+        d.set("shadow", &session(o), &session(n));
         plan
     }
 

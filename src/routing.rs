@@ -116,10 +116,24 @@ pub fn next_bucket() -> u32 {
         static NEXT: Cell<u32> = const { Cell::new(0) };
     }
     NEXT.with(|n| {
-        let v = (n.get() + 6_151) % BUCKETS;
+        let v = (n.get() + SEQUENCE_STEP) % BUCKETS;
         n.set(v);
         v
     })
+}
+
+/// The step of the low-discrepancy sequence: coprime with [`BUCKETS`], so any [`BUCKETS`]
+/// consecutive steps visit every bucket exactly once; near `BUCKETS × (√5 − 1) / 2`, so shorter
+/// runs spread evenly too.
+pub const SEQUENCE_STEP: u32 = 6_151;
+
+/// The `k`th bucket of the low-discrepancy sequence [`next_bucket`] walks, for a caller that
+/// counts its own requests (fault injection and shadow traffic keep one shared counter per
+/// setting, so their shares are exact over any 10 000 requests whatever thread serves them).
+#[inline]
+pub fn sequence_bucket(k: u64) -> u32 {
+    // k mod BUCKETS first: the product stays below 2^32 and the sequence never skips at a wrap.
+    (((k % u64::from(BUCKETS)) as u32 + 1) * SEQUENCE_STEP) % BUCKETS
 }
 
 /// The shared routing state: what the proxy reads on every request and the admin API replaces.

@@ -234,6 +234,8 @@ impl Switchyard {
         let health = HealthControl::new(config.health.clone());
         let dns = Names::new(&config, metrics.clone());
         resolve_at_start(&config, &dns);
+        let faults = crate::faults::Faults::new();
+        let (shadow, shadow_queue) = crate::shadow::Shadow::new(&config.shadow, metrics.clone());
         let (switchboard, admin) = Admin::start(
             &config,
             AdminParts {
@@ -244,6 +246,8 @@ impl Switchyard {
                 dns: dns.clone(),
                 config_path: config_path.clone(),
                 tls: tls.clone(),
+                faults: faults.clone(),
+                shadow: shadow.clone(),
             },
         )?;
         let admin = Arc::new(admin);
@@ -298,7 +302,7 @@ impl Switchyard {
         let (phase_watch, handed_over) = PhaseWatch::new(server.watch_execution_phase());
         add_background(&mut server, "upgrade phase", phase_watch);
 
-        let proxy = Proxy::new(switchboard.clone(), metrics.clone());
+        let proxy = Proxy::new(switchboard.clone(), metrics.clone(), faults, shadow.clone());
         let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
         {
             let mut options = pingora::apps::HttpServerOptions::default();
@@ -372,6 +376,14 @@ impl Switchyard {
             add_background(&mut server, "fleet", fleet);
         }
         add_background(&mut server, "notifications", delivery);
+        let copies = crate::shadow::worker::ShadowService::new(
+            shadow,
+            switchboard.clone(),
+            shadow_queue,
+            config.shadow.concurrency,
+            config.upstream.connect_timeout,
+        );
+        add_background(&mut server, "shadow traffic", copies);
         let checker = HealthChecker::new(switchboard.clone(), health);
         add_background(&mut server, "health checks", checker);
         let applier = admin.clone();

@@ -65,6 +65,27 @@ pub enum AdminCommand {
     Report {
         since: Duration,
     },
+    /// Inject faults into `pool`'s requests for a while (`crate::faults`).
+    Faults {
+        pool: String,
+        faults: crate::faults::FaultRequest,
+        change: ChangeOpts,
+    },
+    FaultsClear {
+        change: ChangeOpts,
+    },
+    /// Copy `bp` of the live colour's requests to `pool` for a while (`crate::shadow`).
+    Shadow {
+        pool: String,
+        bp: u32,
+        duration: Option<Duration>,
+        change: ChangeOpts,
+    },
+    ShadowStop {
+        change: ChangeOpts,
+    },
+    /// The latest shadow session's report.
+    ShadowReport,
 }
 
 /// Options every change accepts.
@@ -166,6 +187,7 @@ impl AdminError {
 #[serde(untagged)]
 pub enum Reply {
     Preview(PreviewCookie),
+    Shadow(super::ShadowReport),
     Status(Status),
     Change(Change),
     Reload(Reloaded),

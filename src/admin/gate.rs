@@ -15,6 +15,8 @@ impl Admin {
         if opts.force {
             return Ok(());
         }
+        self.faults_gate(new, cur)?;
+        self.shadow_gate(new, cur)?;
         let table = self.switchboard.load();
         let min_healthy = self.config().health.min_healthy;
         // Only pools that gain traffic are gated; moving traffic away is always allowed.

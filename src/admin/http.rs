@@ -363,6 +363,15 @@ async fn route(
         "/v1/rollout/abort" => (Method::POST, |b, _| {
             Ok(AdminCommand::RolloutAbort { change: opts(b)? })
         }),
+        "/v1/faults" => (Method::POST, |b, _| faults(b)),
+        "/v1/faults/clear" => (Method::POST, |b, _| {
+            Ok(AdminCommand::FaultsClear { change: opts(b)? })
+        }),
+        "/v1/shadow" if method == Method::POST => (Method::POST, |b, _| shadow(b)),
+        "/v1/shadow" => (Method::GET, |_, _| Ok(AdminCommand::ShadowReport)),
+        "/v1/shadow/stop" => (Method::POST, |b, _| {
+            Ok(AdminCommand::ShadowStop { change: opts(b)? })
+        }),
         _ => return Err(AdminError::NotFound(path)),
     };
     if method != needs {
@@ -600,6 +609,89 @@ fn rollout(body: &[u8]) -> Result<AdminCommand, AdminError> {
             force: r.force,
             reason: r.reason,
             if_generation: r.if_generation,
+        }
+        .into(),
+    })
+}
+
+/// A duration given as `"10m"` in a request body.
+fn body_duration(what: &str, text: Option<String>) -> Result<Option<Duration>, AdminError> {
+    text.map(|t| {
+        humantime::parse_duration(&t).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "{what} `{t}` is not a duration ({e}); write e.g. \"200ms\", \"30s\" or \"10m\""
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// A share in percent (two decimals at most) as basis points; 0 when absent.
+fn share(what: &str, p: Option<f64>) -> Result<u32, AdminError> {
+    p.map_or(Ok(0), |p| {
+        percent_to_bp(p).map_err(|_| {
+            AdminError::BadRequest(format!(
+                "{what} {p} must be a percentage between 0 and 100 with at most two decimals"
+            ))
+        })
+    })
+}
+
+fn faults(body: &[u8]) -> Result<AdminCommand, AdminError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Faults {
+        pool: String,
+        abort_percent: Option<f64>,
+        status: Option<u16>,
+        delay: Option<String>,
+        delay_percent: Option<f64>,
+        #[serde(rename = "for")]
+        duration: Option<String>,
+        #[serde(default)]
+        force: bool,
+        reason: Option<String>,
+        if_generation: Option<u64>,
+    }
+    let f: Faults = parse(body)?;
+    Ok(AdminCommand::Faults {
+        pool: f.pool,
+        faults: crate::faults::FaultRequest {
+            abort_bp: share("abort_percent", f.abort_percent)?,
+            status: f.status,
+            delay_bp: share("delay_percent", f.delay_percent)?,
+            delay: body_duration("delay", f.delay)?,
+            duration: body_duration("for", f.duration)?,
+        },
+        change: ChangeBody {
+            force: f.force,
+            reason: f.reason,
+            if_generation: f.if_generation,
+        }
+        .into(),
+    })
+}
+
+fn shadow(body: &[u8]) -> Result<AdminCommand, AdminError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Shadow {
+        pool: String,
+        percent: f64,
+        #[serde(rename = "for")]
+        duration: Option<String>,
+        reason: Option<String>,
+        if_generation: Option<u64>,
+    }
+    let s: Shadow = parse(body)?;
+    Ok(AdminCommand::Shadow {
+        pool: s.pool,
+        bp: share("percent", Some(s.percent))?,
+        duration: body_duration("for", s.duration)?,
+        change: ChangeBody {
+            force: false,
+            reason: s.reason,
+            if_generation: s.if_generation,
         }
         .into(),
     })

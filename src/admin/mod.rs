@@ -20,6 +20,7 @@
 //! upgrade; [`http`] is the wire.
 
 mod command;
+mod faults;
 mod fleet;
 mod gate;
 mod handover;
@@ -28,6 +29,7 @@ mod impact;
 mod insight;
 mod ledger;
 mod reload;
+mod shadow;
 mod start;
 mod view;
 mod watch;
@@ -36,10 +38,12 @@ pub use command::{
     AdminCommand, AdminError, Change, ChangeOpts, PreviewCookie, Reply, DEFAULT_HISTORY_LIMIT,
     MAX_HISTORY_LIMIT,
 };
+pub use faults::FaultsStatus;
 pub use fleet::FleetService;
 pub use ledger::action;
 use ledger::{save_failed, Ledger, Spec, ACTOR_GUARD, ACTOR_ROLLOUT};
 pub use reload::Reloaded;
+pub use shadow::{ShadowReport, ShadowStatus};
 pub use view::{
     BackendStatus, GuardJudgement, GuardStatus, GuardWatch, PoolStatus, RolloutStatus, Status,
 };
@@ -94,6 +98,9 @@ pub struct Admin {
     frozen: AtomicBool,
     /// Each change's figures before and after (impact.rs).
     impact: impact::ImpactTracker,
+    /// The fault set in force and the shadow session (rehearsals: `faults`, `shadow`).
+    faults: Arc<crate::faults::Faults>,
+    shadow: Arc<crate::shadow::Shadow>,
 }
 
 /// What an [`Admin`] is built from, besides the configuration.
@@ -109,6 +116,9 @@ pub struct AdminParts {
     pub config_path: Option<PathBuf>,
     /// The certificates the https listeners serve, which a reload replaces.
     pub tls: Arc<crate::tls::CertStore>,
+    /// Shared with the proxy: the fault set and the shadow session it reads per request.
+    pub faults: Arc<crate::faults::Faults>,
+    pub shadow: Arc<crate::shadow::Shadow>,
 }
 
 pub(super) fn rollout_running(r: &Rollout, names: &[String]) -> AdminError {
@@ -153,6 +163,7 @@ impl Admin {
                 | AdminCommand::History { .. }
                 | AdminCommand::Report { .. }
                 | AdminCommand::PreviewCookie { .. }
+                | AdminCommand::ShadowReport
         );
         if !reads {
             // Checked again under the change lock (apply, pause_rollout); this is the early no.
@@ -268,6 +279,20 @@ impl Admin {
                 interval,
                 change,
             } => self.start_rollout(received, actor, &to, &steps, interval, change),
+            AdminCommand::Faults {
+                pool,
+                faults,
+                change,
+            } => self.set_faults(actor, &pool, faults, change),
+            AdminCommand::FaultsClear { change } => self.clear_faults(actor, change),
+            AdminCommand::Shadow {
+                pool,
+                bp,
+                duration,
+                change,
+            } => self.start_shadow(actor, &pool, bp, duration, change),
+            AdminCommand::ShadowStop { change } => self.stop_shadow(actor, change),
+            AdminCommand::ShadowReport => Ok(Reply::Shadow(self.shadow_report())),
             AdminCommand::RolloutPause { change } => self.pause_rollout(actor, change, true),
             AdminCommand::RolloutResume { change } => self.pause_rollout(actor, change, false),
             AdminCommand::RolloutAbort { change } => {
@@ -445,6 +470,8 @@ mod tests {
             dns: Names::new(config, metrics(config)),
             config_path: None,
             tls: Arc::default(),
+            faults: crate::faults::Faults::new(),
+            shadow: crate::shadow::Shadow::new(&config.shadow, metrics(config)).0,
         }
     }
 

@@ -38,6 +38,8 @@ impl Admin {
             dns,
             config_path,
             tls,
+            faults,
+            shadow,
         } = parts;
         let store = store::open(&config.state).map_err(StoreError::Unavailable)?;
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
@@ -193,7 +195,10 @@ impl Admin {
             reloads: Mutex::new(()),
             dns_held: Mutex::new(None),
             frozen: AtomicBool::new(false),
+            faults,
+            shadow,
         };
+        super::faults::restore(&admin);
         Ok((switchboard, admin))
     }
 }

@@ -41,6 +41,10 @@ pub struct Status {
     /// the generation it serves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+    /// The fault set in force, if any (`ctl faults`).
+    pub faults: Option<super::FaultsStatus>,
+    /// The latest shadow session, if any (`ctl shadow`).
+    pub shadow: Option<super::ShadowStatus>,
 }
 
 /// `from` has no healthy backend: `to` serves its share of the traffic.
@@ -250,6 +254,8 @@ impl Admin {
             rollout,
             guard,
             fleet: self.store.fleet(),
+            faults: self.faults_status(now),
+            shadow: self.shadow_status(now),
         }
     }
 }

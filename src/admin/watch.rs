@@ -141,6 +141,8 @@ impl Admin {
     /// One guard tick: judge the watched colour (rolling back on a breach), then advance a
     /// rollout whose step is over.
     pub fn tick(&self) {
+        self.expire_faults();
+        self.expire_shadow();
         self.metrics.end_failovers(&self.switchboard.load());
         self.settle_impact();
         let mut ledger = self.lock_ledger();

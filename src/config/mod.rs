@@ -19,6 +19,7 @@
 //! `validate.rs` the checks on its values.
 
 mod raw;
+mod rehearse;
 mod validate;
 
 #[cfg(test)]
@@ -79,6 +80,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub dns: DnsConfig,
+    pub faults: FaultsConfig,
+    pub shadow: ShadowConfig,
     /// `[chatops]`: slash commands from a chat platform (chatops.rs); off when absent.
     pub chatops: Option<ChatopsConfig>,
 }
@@ -262,6 +265,53 @@ impl DnsName {
     }
 }
 
+/// `[faults]`: fault injection (`ctl faults`, see `crate::faults`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultsConfig {
+    /// The longest a fault set may last: every set expires, this bounds how late.
+    pub max_duration: Duration,
+}
+
+/// `[shadow]`: shadow traffic and its diff (`ctl shadow`, see `crate::shadow`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// Copies waiting to be sent; when full, new copies are dropped and counted. Fixed at start.
+    pub queue: usize,
+    /// Copies in flight to the shadow colour at once. Fixed at start.
+    pub concurrency: usize,
+    /// Largest request or response body kept for a copy: a request whose body is larger is not
+    /// mirrored, a response body beyond it is not compared.
+    pub max_body: usize,
+    /// Methods mirrored: GET and HEAD by default, since a copy of a POST may do things twice.
+    pub methods: Vec<http::Method>,
+    /// How long a copy may take before it counts as failed.
+    pub timeout: Duration,
+    /// The longest a shadow session may last.
+    pub max_duration: Duration,
+    pub compare_body: CompareBody,
+    /// JSON fields ignored by `compare_body = "json"`, at any depth (timestamps, ids).
+    pub ignore_fields: Vec<String>,
+    /// Route patterns the report groups by (`/api/users/*`: `*` is one path segment, a trailing
+    /// `**` the rest); a path matching none is grouped by its first segment.
+    pub routes: Vec<String>,
+    /// With a ratio set, a flip (or canary) to the shadowed colour is refused while its
+    /// mismatch ratio is above it (unless forced).
+    pub max_mismatch_ratio: Option<f64>,
+    /// Pairs compared before the mismatch ratio is judged.
+    pub min_compared: u64,
+}
+
+/// How response bodies are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareBody {
+    /// Status class and latency only.
+    None,
+    /// Byte for byte.
+    Exact,
+    /// As JSON values, without the `ignore_fields`; a body that is not JSON is compared exactly.
+    Json,
+}
+
 /// `[dns]`: how backend names are resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsConfig {
@@ -384,7 +434,8 @@ impl Default for LogConfig {
 
 /// Notification event names a webhook may subscribe to.
 pub const EVENT_KINDS: &[&str] = &[
-    "flip", "canary", "promote", "rollback", "guard", "rollout", "reload", "impact",
+    "flip", "canary", "promote", "rollback", "guard", "rollout", "reload", "impact", "faults",
+    "shadow",
 ];
 
 /// One problem in a configuration file, with its location when known.
@@ -629,4 +680,18 @@ pub mod defaults {
     pub const DNS_REFRESH: Duration = Duration::from_secs(5);
     /// Long enough for ordinary requests to finish, short enough for a deploy to move on.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+    /// A fault set lasts an hour at most unless the config allows more: a forgotten one ends
+    /// the same day.
+    pub const FAULTS_MAX_DURATION: Duration = Duration::from_secs(3600);
+    /// 1 024 copies waiting (at most 1 024 × 2 × `max_body` held) before copies are dropped.
+    pub const SHADOW_QUEUE: usize = 1024;
+    /// 16 copies in flight: enough for a few thousand copies a second to a backend answering
+    /// in a few milliseconds, few enough not to flood an idle colour that is still warming.
+    pub const SHADOW_CONCURRENCY: usize = 16;
+    /// 64 KiB: API answers fit, downloads are not held in memory twice.
+    pub const SHADOW_MAX_BODY: usize = 64 * 1024;
+    pub const SHADOW_TIMEOUT: Duration = Duration::from_secs(5);
+    /// A day: shadowing is safe to leave on for a release's soak, not forever.
+    pub const SHADOW_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+    pub const SHADOW_MIN_COMPARED: u64 = 100;
 }

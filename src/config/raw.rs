@@ -42,6 +42,8 @@ pub struct File {
     pub dns: Option<Dns>,
     pub tls: Option<Tls>,
     pub chatops: Option<Chatops>,
+    pub faults: Option<Faults>,
+    pub shadow: Option<Shadow>,
 }
 
 #[derive(Default)]
@@ -179,6 +181,26 @@ pub struct Chatops {
     pub signing_secret_file: Option<Spanned<String>>,
     /// Chat user id → the name history records.
     pub users: Option<BTreeMap<String, Spanned<String>>>,
+}
+
+#[derive(Default)]
+pub struct Faults {
+    pub max_duration: Option<Spanned<String>>,
+}
+
+#[derive(Default)]
+pub struct Shadow {
+    pub queue: Option<Spanned<usize>>,
+    pub concurrency: Option<Spanned<usize>>,
+    pub max_body: Option<Spanned<usize>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub timeout: Option<Spanned<String>>,
+    pub max_duration: Option<Spanned<String>>,
+    pub compare_body: Option<Spanned<String>>,
+    pub ignore_fields: Option<Spanned<Vec<Spanned<String>>>>,
+    pub routes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_mismatch_ratio: Option<Spanned<f64>>,
+    pub min_compared: Option<u64>,
 }
 
 #[derive(Default)]
@@ -362,6 +384,49 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
                     u.strings_by_name(errs, "a name string such as \"alice\"")
                 }),
             }
+        }),
+        faults: r.section(errs, "faults", |s, errs| Faults {
+            max_duration: s.string(errs, "max_duration", DURATION),
+        }),
+        shadow: r.section(errs, "shadow", |s, errs| Shadow {
+            queue: s.uint(errs, "queue", "a whole number such as 1024"),
+            concurrency: s.uint(errs, "concurrency", "a whole number such as 16"),
+            max_body: s.uint(errs, "max_body", "a number of bytes such as 65536"),
+            methods: s.strings(
+                errs,
+                "methods",
+                (
+                    "a list of HTTP methods such as [\"GET\", \"HEAD\"]",
+                    "an HTTP method string such as \"GET\"",
+                ),
+            ),
+            timeout: s.string(errs, "timeout", DURATION),
+            max_duration: s.string(errs, "max_duration", DURATION),
+            compare_body: s.string(
+                errs,
+                "compare_body",
+                "a string: \"none\", \"exact\" or \"json\"",
+            ),
+            ignore_fields: s.strings(
+                errs,
+                "ignore_fields",
+                (
+                    "a list of JSON field names such as [\"ts\", \"request_id\"]",
+                    "a JSON field name string such as \"ts\"",
+                ),
+            ),
+            routes: s.strings(
+                errs,
+                "routes",
+                (
+                    "a list of path patterns such as [\"/api/users/*\"]",
+                    "a path pattern string such as \"/api/users/*\"",
+                ),
+            ),
+            max_mismatch_ratio: s.float(errs, "max_mismatch_ratio", "a number such as 0.01"),
+            min_compared: s
+                .uint(errs, "min_compared", "a whole number such as 100")
+                .map(Spanned::into_inner),
         }),
     };
     r.finish(errs);

@@ -730,3 +730,43 @@ fn tls_settings_that_cannot_work_are_located_errors() {
         "{e:?}"
     );
 }
+
+#[test]
+fn rehearsal_sections_default_safely_and_locate_their_errors() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.faults.max_duration, Duration::from_secs(3600));
+    assert_eq!(c.shadow.methods, [http::Method::GET, http::Method::HEAD]);
+    assert_eq!(c.shadow.compare_body, CompareBody::None);
+    assert_eq!(c.shadow.max_mismatch_ratio, None);
+
+    let text = format!(
+        "{MINIMAL}[faults]\nmax_duration = \"2h\"\n[shadow]\nmethods = [\"get\", \"POST\"]\n\
+         compare_body = \"json\"\nignore_fields = [\"ts\"]\nroutes = [\"/api/*/x\", \"/s/**\"]\n\
+         max_mismatch_ratio = 0.01\n"
+    );
+    let c = Config::parse(&text, "t.toml").unwrap();
+    assert_eq!(c.faults.max_duration, Duration::from_secs(7200));
+    assert_eq!(c.shadow.methods, [http::Method::GET, http::Method::POST]);
+    assert_eq!(c.shadow.routes, ["/api/*/x", "/s/**"]);
+    assert_eq!(c.shadow.max_mismatch_ratio, Some(0.01));
+
+    let text = format!(
+        "{MINIMAL}[shadow]\nqueue = 0\ncompare_body = \"diffy\"\nroutes = [\"api/*\", \"/a/**/b\"]\n\
+         max_mismatch_ratio = 2\nignore_fields = [\"ts\"]\nspeed = 1\n"
+    );
+    let errs = Config::parse(&text, "t.toml").unwrap_err().0;
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(errs.len(), 7, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("t.toml:7:9: shadow queue must be between 1"),
+        "{lines:#?}"
+    );
+    assert!(lines[1].contains("compare_body `diffy`"), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("route `api/*`")));
+    assert!(lines.iter().any(|l| l.contains("route `/a/**/b`")));
+    assert!(lines.iter().any(|l| l.contains("max_mismatch_ratio 2")));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("ignore_fields only applies")));
+    assert!(lines.iter().any(|l| l.contains("speed")), "{lines:#?}");
+}

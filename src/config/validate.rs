@@ -38,7 +38,7 @@ impl<'a> Errors<'a> {
         line_col(self.text, span.start)
     }
 
-    fn at<T>(&mut self, spanned: &Spanned<T>, message: String) {
+    pub(super) fn at<T>(&mut self, spanned: &Spanned<T>, message: String) {
         self.at_span(Some(spanned.span()), message);
     }
 
@@ -105,7 +105,7 @@ impl<'a> Errors<'a> {
         }
     }
 
-    fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
         match humantime::parse_duration(s.get_ref()) {
             Ok(d) if d > MAX_DURATION => {
                 self.at(
@@ -131,7 +131,11 @@ impl<'a> Errors<'a> {
         }
     }
 
-    fn positive_duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+    pub(super) fn positive_duration(
+        &mut self,
+        s: &Spanned<String>,
+        what: &str,
+    ) -> Option<Duration> {
         let d = self.duration(s, what)?;
         if d.is_zero() {
             self.at(s, format!("{what} must be greater than zero"));
@@ -843,6 +847,7 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             users,
         })
     });
+    let (faults, shadow) = super::rehearse::validate(raw.faults, raw.shadow, errs);
 
     // Every listener needs its own port: a shared one would let a start-up check pass against
     // the wrong service.
@@ -892,6 +897,8 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
         log,
         dns,
         chatops,
+        faults,
+        shadow,
     })
 }
 

@@ -152,6 +152,46 @@ pub enum Verb {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Rehearse failure: make POOL (the canary or idle colour) answer a share of its requests
+    /// with an error and/or delay a share, for a while (`faults green --abort 5% --status 503
+    /// --delay 200ms@10% --for 10m`). `faults clear` stops it. Refused on the live pool unless
+    /// --force.
+    Faults {
+        /// The pool, or `clear`.
+        pool: String,
+        /// Share of the pool's requests answered at once with --status, e.g. 5%.
+        #[arg(long)]
+        abort: Option<String>,
+        /// Status of an aborted request [default: 503].
+        #[arg(long)]
+        status: Option<u16>,
+        /// Delay and share, e.g. 200ms@10% (200ms alone delays every request).
+        #[arg(long)]
+        delay: Option<String>,
+        /// How long the faults last (at most faults.max_duration) [default: 10m].
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Inject on the live pool too.
+        #[arg(long)]
+        force: bool,
+        /// Why, for the history and the team.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Copy PERCENT of the live colour's requests (GET and HEAD by default) to POOL, the idle
+    /// colour, and compare the answers (`shadow green 10% --for 30m`); `shadow report` shows the
+    /// comparison by route, `shadow stop` ends the copying (the report stays).
+    Shadow {
+        /// The pool receiving copies, or `report` or `stop`.
+        pool: String,
+        percent: Option<String>,
+        /// How long to copy (at most shadow.max_duration) [default: 30m].
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Why, for the history and the team.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Replace the running binary without dropping a connection: the proxy starts BINARY (default:
     /// where the running one was installed) on the same config, lets it warm its backends up and
     /// hands it the listening sockets. Exit 0 once the new process answers, 1 if it failed (the
@@ -535,11 +575,94 @@ fn request_for(verb: &Verb) -> Result<(&'static str, String, Option<Value>), Fai
         }
         Verb::Reload { reason } => post("/v1/reload", json!({ "reason": reason })),
         Verb::PreviewCookie { pool } => post("/v1/preview-cookie", json!({ "pool": pool })),
+        Verb::Faults {
+            pool,
+            reason,
+            force,
+            ..
+        } if pool == "clear" => post(
+            "/v1/faults/clear",
+            json!({ "reason": reason, "force": force }),
+        ),
+        Verb::Faults {
+            pool,
+            abort,
+            status,
+            delay,
+            duration,
+            force,
+            reason,
+        } => {
+            let abort = abort
+                .as_deref()
+                .map(|a| percent_arg("--abort", a))
+                .transpose()?;
+            let (delay, delay_percent) = match delay.as_deref() {
+                None => (None, None),
+                Some(d) => {
+                    let (time, share) = d.split_once('@').unwrap_or((d, "100%"));
+                    parse_duration(time).map_err(|e| usage(format!("error: --delay: {e}")))?;
+                    (Some(time.to_string()), Some(percent_arg("--delay", share)?))
+                }
+            };
+            post(
+                "/v1/faults",
+                json!({
+                    "pool": pool,
+                    "abort_percent": abort,
+                    "status": status,
+                    "delay": delay,
+                    "delay_percent": delay_percent,
+                    "for": duration.map(|d| humantime::format_duration(d).to_string()),
+                    "force": force,
+                    "reason": reason,
+                }),
+            )
+        }
+        Verb::Shadow { pool, .. } if pool == "report" => ("GET", "/v1/shadow".into(), None),
+        Verb::Shadow { pool, reason, .. } if pool == "stop" => {
+            post("/v1/shadow/stop", json!({ "reason": reason }))
+        }
+        Verb::Shadow {
+            pool,
+            percent,
+            duration,
+            reason,
+        } => {
+            let percent = percent.as_deref().ok_or_else(|| {
+                usage(format!(
+                    "error: say how much of the live traffic to copy: `shadow {pool} 10%`"
+                ))
+            })?;
+            post(
+                "/v1/shadow",
+                json!({
+                    "pool": pool,
+                    "percent": percent_arg("shadow percent", percent)?,
+                    "for": duration.map(|d| humantime::format_duration(d).to_string()),
+                    "reason": reason,
+                }),
+            )
+        }
         Verb::Watch { .. }
         | Verb::WaitDrained { .. }
         | Verb::WaitReady { .. }
         | Verb::Upgrade { .. } => ("GET", "/v1/status".into(), None),
     })
+}
+
+/// `5%` or `5` as a number of percent.
+fn percent_arg(what: &str, text: &str) -> Result<f64, Failure> {
+    text.trim()
+        .trim_end_matches('%')
+        .parse()
+        .ok()
+        .filter(|p: &f64| p.is_finite())
+        .ok_or_else(|| {
+            usage(format!(
+                "error: {what} `{text}` is not a percentage; write e.g. 5%, 0.25% or 20"
+            ))
+        })
 }
 
 fn actor(args: &CtlArgs) -> Option<String> {

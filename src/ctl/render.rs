@@ -23,6 +23,8 @@ pub(super) fn render(verb: &Verb, a: &Value) -> String {
             cookie = s(&a["cookie"])
         ),
         Verb::Watch { .. } | Verb::WaitDrained { .. } | Verb::WaitReady { .. } => render_status(a),
+        Verb::Faults { .. } => faults_line(a).unwrap_or_else(|| "no faults injected".into()),
+        Verb::Shadow { .. } => render_shadow(a),
         _ => render_change(a),
     }
 }
@@ -207,9 +209,164 @@ fn render_change(a: &Value) -> String {
     out
 }
 
+/// The fault line of status output, if a fault set is in force.
+pub(super) fn faults_line(a: &Value) -> Option<String> {
+    let f = a.get("faults").filter(|f| !f.is_null())?;
+    Some(format!(
+        "FAULTS: {} — {:.0}s left, {} aborted, {} delayed (by {}{}{})",
+        s(&f["summary"]),
+        f["ends_in_s"].as_f64().unwrap_or(0.0),
+        f["aborted"].as_u64().unwrap_or(0),
+        f["delayed"].as_u64().unwrap_or(0),
+        s(&f["actor"]),
+        f["reason"]
+            .as_str()
+            .map(|r| format!(": '{r}'"))
+            .unwrap_or_default(),
+        if f["forced"] == Value::Bool(true) {
+            ", forced on the live pool"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The shadow line of status output, if a session has run.
+fn shadow_line(a: &Value) -> Option<String> {
+    let sh = a.get("shadow").filter(|v| !v.is_null())?;
+    let state = if sh["active"] == Value::Bool(true) {
+        format!(
+            "copying {}% of {}'s traffic to {} ({:.0}s left)",
+            sh["percent"].as_f64().unwrap_or(0.0),
+            s(&sh["live"]),
+            s(&sh["pool"]),
+            sh["ends_in_s"].as_f64().unwrap_or(0.0)
+        )
+    } else {
+        format!("ended (copies to {})", s(&sh["pool"]))
+    };
+    Some(format!(
+        "shadow: {state}: {} mirrored, {} failed, {} dropped, {:.2}% mismatched",
+        sh["mirrored"].as_u64().unwrap_or(0),
+        sh["failed"].as_u64().unwrap_or(0),
+        sh["dropped"].as_u64().unwrap_or(0),
+        sh["mismatch_ratio"].as_f64().unwrap_or(0.0) * 100.0
+    ))
+}
+
+/// `ctl shadow report` (and the answer to `shadow` and `shadow stop`): totals, then a table by
+/// route, then the sample mismatches.
+fn render_shadow(a: &Value) -> String {
+    if a["pool"].is_null() {
+        return "no shadow session has run; start one with `switchyard ctl shadow POOL PERCENT`"
+            .into();
+    }
+    let state = if a["active"] == Value::Bool(true) {
+        format!(
+            "copying {}% of {}'s {} requests to {} ({:.0}s left)",
+            a["percent"].as_f64().unwrap_or(0.0),
+            s(&a["live"]),
+            a["methods"]
+                .as_array()
+                .map(|m| m.iter().map(s).collect::<Vec<_>>().join("/"))
+                .unwrap_or_default(),
+            s(&a["pool"]),
+            a["ends_in_s"].as_f64().unwrap_or(0.0)
+        )
+    } else {
+        format!(
+            "ended ({}) at {}: copies of {}'s traffic to {}",
+            s(&a["ended_because"]),
+            s(&a["ended"]),
+            s(&a["live"]),
+            s(&a["pool"])
+        )
+    };
+    let gate = match a["max_mismatch_ratio"].as_f64() {
+        Some(m) => format!(
+            "; flips to {} refused above {:.2}% (from {} pairs)",
+            s(&a["pool"]),
+            m * 100.0,
+            a["min_compared"].as_u64().unwrap_or(0)
+        ),
+        None => String::new(),
+    };
+    let n = |k: &str| a[k].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "shadow: {state}\n{} mirrored, {} failed, {} dropped, {} too large; {} status and {} \
+         body mismatches ({:.2}%, bodies compared: {}){gate}\n",
+        n("mirrored"),
+        n("failed"),
+        n("dropped"),
+        n("too_large"),
+        n("status_mismatches"),
+        n("body_mismatches"),
+        a["mismatch_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+        s(&a["compare_body"])
+    );
+    let routes = a["routes"].as_array().cloned().unwrap_or_default();
+    if routes.is_empty() {
+        return out.trim_end().to_string();
+    }
+    let ms = |v: &Value| v.as_f64().map_or("-".into(), |m| format!("{m:.1}ms"));
+    out.push_str(&format!(
+        "\n{:<28} {:>8} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
+        "ROUTE",
+        "MIRRORED",
+        "FAILED",
+        "STATUS",
+        "BODY",
+        "LIVE P50",
+        "LIVE P99",
+        "SHADOW P50",
+        "SHADOW P99"
+    ));
+    for r in &routes {
+        out.push_str(&format!(
+            "{:<28} {:>8} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
+            s(&r["route"]),
+            r["mirrored"].as_u64().unwrap_or(0),
+            r["failed"].as_u64().unwrap_or(0),
+            r["status_mismatches"].as_u64().unwrap_or(0),
+            r["body_mismatches"].as_u64().unwrap_or(0),
+            ms(&r["live_p50_ms"]),
+            ms(&r["live_p99_ms"]),
+            ms(&r["shadow_p50_ms"]),
+            ms(&r["shadow_p99_ms"])
+        ));
+    }
+    for r in &routes {
+        for x in r["samples"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n{} mismatch on {} {}: live {} vs. shadow {}{}\n  live:   {}\n  shadow: {}",
+                s(&x["kind"]),
+                s(&x["method"]),
+                s(&x["path"]),
+                x["live_status"].as_u64().unwrap_or(0),
+                x["shadow_status"].as_u64().unwrap_or(0),
+                x["first_difference"]
+                    .as_str()
+                    .map(|d| format!(", first difference at {d}"))
+                    .unwrap_or_default(),
+                s(&x["live_body"]).trim_end(),
+                s(&x["shadow_body"]).trim_end()
+            ));
+        }
+    }
+    out.trim_end().to_string()
+}
+
 fn render_status(a: &Value) -> String {
     let mut head = routing_line(a);
-    for line in [rollout_line(a), guard_line(a)].into_iter().flatten() {
+    for line in [
+        rollout_line(a),
+        guard_line(a),
+        faults_line(a),
+        shadow_line(a),
+    ]
+    .into_iter()
+    .flatten()
+    {
         head.push('\n');
         head.push_str(&line);
     }
@@ -406,7 +563,15 @@ pub(super) fn render_watch(a: &Value) -> String {
         a["generation"].as_u64().unwrap_or(0),
         ""
     );
-    for line in [rollout_line(a), guard_line(a)].into_iter().flatten() {
+    for line in [
+        rollout_line(a),
+        guard_line(a),
+        faults_line(a),
+        shadow_line(a),
+    ]
+    .into_iter()
+    .flatten()
+    {
         out.insert_str(out.find("\n\n").unwrap_or(out.len()), &format!("\n{line}"));
     }
     for (name, _) in &pools {

@@ -66,6 +66,23 @@ pub mod names {
     pub const REPORT_LEAD_TIME: &str = "switchyard_report_lead_time_seconds";
     pub const CHATOPS_COMMANDS: &str = "switchyard_chatops_commands_total";
     pub const CHATOPS_REFUSED: &str = "switchyard_chatops_refused_total";
+    pub const INJECTED_FAULTS: &str = "switchyard_injected_faults_total";
+    pub const SHADOW_REQUESTS: &str = "switchyard_shadow_requests_total";
+}
+
+/// Every `result` of `switchyard_shadow_requests_total`: a copy answered by the shadow colour
+/// (`mirrored`), one that failed or timed out (`failed`), one dropped because the queue was full
+/// or the shadow colour had no healthy backend (`dropped`), and a request not copied because its
+/// body was over `shadow.max_body` (`too_large`).
+pub const SHADOW_RESULTS: [&str; 4] = ["mirrored", "failed", "dropped", "too_large"];
+
+/// A `result` of `switchyard_shadow_requests_total`, by index into [`SHADOW_RESULTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowResult {
+    Mirrored = 0,
+    Failed = 1,
+    Dropped = 2,
+    TooLarge = 3,
 }
 
 /// Every `action` of `switchyard_changes_total` (the admin handler's `action` names and
@@ -158,6 +175,10 @@ pub struct Metrics {
     report: [Gauge; 4],
     chatops_commands: IntCounterVec,
     chatops_refused: IntCounterVec,
+    /// `[pool][kind]` (`crate::faults::FAULT_KINDS`).
+    injected_faults: [[IntCounter; 2]; POOL_COUNT],
+    /// By [`ShadowResult`].
+    shadow_requests: [IntCounter; 4],
     /// A failover episode per pool: set by the first request that fails over, cleared by
     /// [`Metrics::end_failovers`], so the start and the end are logged once each.
     failing_over: [AtomicBool; POOL_COUNT],
@@ -211,6 +232,23 @@ impl Metrics {
             "Requests answered, by pool and status class.",
             &["pool", "code"],
         );
+        let faults = counter_vec(
+            &registry,
+            names::INJECTED_FAULTS,
+            "Faults injected on purpose (ctl faults), by pool and kind (abort, delay).",
+            &["pool", "kind"],
+        );
+        let injected_faults = [0, 1].map(|p| {
+            crate::faults::FAULT_KINDS.map(|k| faults.with_label_values(&[&pool_names[p], k]))
+        });
+        let shadow = counter_vec(
+            &registry,
+            names::SHADOW_REQUESTS,
+            "Shadow copies of live requests (ctl shadow), by result: mirrored, failed, dropped \
+             (queue full or no healthy shadow backend), too_large (body over shadow.max_body).",
+            &["result"],
+        );
+        let shadow_requests = SHADOW_RESULTS.map(|r| shadow.with_label_values(&[r]));
         let duration = prometheus::HistogramVec::new(
             HistogramOpts::new(
                 names::DURATION,
@@ -488,6 +526,8 @@ impl Metrics {
                 v
             },
             failing_over: [AtomicBool::new(false), AtomicBool::new(false)],
+            injected_faults,
+            shadow_requests,
             registry,
             pools,
             pool_names,
@@ -538,6 +578,23 @@ impl Metrics {
             p.duration.observe(l.as_secs_f64());
         }
         p.window.record(latency, failed || status >= 500);
+    }
+
+    /// Counts a fault injected into a request to `pool`.
+    #[inline]
+    pub fn record_fault(&self, pool: PoolId, kind: crate::faults::FaultKind) {
+        self.injected_faults[pool][kind as usize].inc();
+    }
+
+    /// Counts a shadow copy's fate.
+    #[inline]
+    pub fn record_shadow(&self, result: ShadowResult) {
+        self.shadow_requests[result as usize].inc();
+    }
+
+    /// Shadow copies so far with `result` (for the report).
+    pub fn shadow_count(&self, result: ShadowResult) -> u64 {
+        self.shadow_requests[result as usize].get()
     }
 
     #[inline]

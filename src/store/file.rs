@@ -77,30 +77,11 @@ impl Store for FileStore {
         }
     }
 
-    /// Writes `state.json` durably: temp file, fsync, rename, fsync of the directory.
+    /// Writes `state.json` durably ([`write_durably`]).
     fn save(&self, file: &StateFile, _base: u64) -> Result<(), StoreError> {
-        let path = self.state_path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let err = |source| StoreError::File {
-            path: path.clone(),
-            source,
-            committed: false,
-        };
         let mut json = serde_json::to_vec_pretty(file).expect("state serialises");
         json.push(b'\n');
-        let mut f = File::create(&tmp).map_err(err)?;
-        f.write_all(&json).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(err)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StoreError::File {
-                path: path.clone(),
-                source,
-                committed: true,
-            })?;
-        Ok(())
+        write_durably(&self.dir, STATE_FILE, &json)
     }
 
     /// Appends one entry to `history.jsonl` and fsyncs it.
@@ -153,6 +134,50 @@ impl Store for FileStore {
             .take(limit)
             .collect())
     }
+}
+
+/// Writes `name` in `dir` durably (temp file, fsync, rename, fsync of the directory): after a
+/// crash it holds the old contents or the new, never a mix. Used for `state.json` and for the
+/// per-instance files beside it (`faults.json`).
+pub fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let err = |source| StoreError::File {
+        path: path.clone(),
+        source,
+        committed: false,
+    };
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(contents).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(err)?;
+    sync_dir(dir, &path)
+}
+
+/// Removes `name` from `dir` durably (absent already is fine).
+pub fn remove_durably(dir: &Path, name: &str) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(dir, &path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::File {
+            path,
+            source,
+            committed: false,
+        }),
+    }
+}
+
+/// The directory's fsync, after `path` in it changed: a failure leaves the change in place.
+fn sync_dir(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::File {
+            path: path.to_path_buf(),
+            source,
+            committed: true,
+        })
 }
 
 #[cfg(test)]
