@@ -228,6 +228,20 @@ async fn shares_are_exact_over_10000_requests_and_the_live_pool_needs_force() {
     assert_eq!(code, 200, "{st}");
     assert_eq!(st["faults"]["forced"], true);
     assert!(state_dir.join("faults.json").exists());
+    // The status page says a rehearsal is running: the pipeline is not clear.
+    let metrics = proxy.config.metrics.listen.unwrap();
+    let page = Client::connect(metrics)
+        .await
+        .get("/status.json")
+        .await
+        .unwrap();
+    let page: Value = serde_json::from_str(&page.text()).unwrap();
+    assert_eq!(page["pipeline"]["clear"], false, "{page}");
+    let busy = page["pipeline"]["in_progress"].to_string();
+    assert!(
+        busy.contains("fault injection on blue: abort 20%"),
+        "{busy}"
+    );
     let aborted = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..4 {

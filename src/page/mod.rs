@@ -149,7 +149,8 @@ pub fn route_line(s: &Status) -> String {
     }
 }
 
-/// Whether a deploy may start now: not during a rollout, a canary, a guard watch or an upgrade.
+/// Whether a deploy may start now: not during a rollout, a canary, a guard watch, an upgrade or
+/// a rehearsal (faults, shadow).
 pub fn pipeline(s: &Status) -> Pipeline {
     let mut busy = Vec::new();
     if s.upgrading {
@@ -180,6 +181,25 @@ pub fn pipeline(s: &Status) -> Pipeline {
             Some(left) => format!("guard watching {} after a {kind} ({left:.0}s left)", w.pool),
             None => format!("guard watching the {kind} on {}", w.pool),
         });
+    }
+    // A rehearsal is in progress too: a deploy now would be judged with faults injected, or
+    // flip to a colour whose comparison is not finished.
+    if let Some(f) = &s.faults {
+        busy.push(format!(
+            "fault injection on {} ({:.0}s left)",
+            f.summary, f.ends_in_s
+        ));
+    }
+    if let Some(sh) = s.shadow.as_ref().filter(|sh| sh.active) {
+        busy.push(format!(
+            "shadow: {}% of {}'s requests copied to {}{}",
+            sh.percent,
+            sh.live,
+            sh.pool,
+            sh.ends_in_s
+                .map(|left| format!(" ({left:.0}s left)"))
+                .unwrap_or_default()
+        ));
     }
     Pipeline {
         clear: busy.is_empty(),
