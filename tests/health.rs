@@ -181,7 +181,18 @@ async fn metrics_count_a_known_mix_exactly() {
         assert_eq!(client.get("/").await.unwrap().text(), "green");
     }
 
-    let m = scrape(&proxy).await;
+    // A request is counted when it is logged, just after its response is written: wait for the
+    // last one, then every count must be exact.
+    let m = wait_for("the last request to be counted", READY_DEADLINE, || async {
+        let m = scrape(&proxy).await;
+        let green = sample(
+            &m,
+            "switchyard_requests_total",
+            &[("pool", "green"), ("code", "2xx")],
+        );
+        (green == Some(5.0)).then_some(m)
+    })
+    .await;
     let req = |pool, code| {
         sample(
             &m,

@@ -237,7 +237,17 @@ async fn a_silent_backend_times_out_at_the_read_timeout() {
         took >= Duration::from_millis(950) && took < Duration::from_secs(3),
         "took {took:?}; the read timeout is 1s"
     );
-    let m = scrape(&proxy).await;
+    // Counted as the request is logged, just after the 504 is written.
+    let m = wait_for("the timeout to be counted", READY_DEADLINE, || async {
+        let m = scrape(&proxy).await;
+        let timeouts = sample(
+            &m,
+            "switchyard_upstream_errors_total",
+            &[("pool", "blue"), ("kind", "timeout")],
+        );
+        timeouts.is_some_and(|n| n > 0.0).then_some(m)
+    })
+    .await;
     let errors = |kind| {
         sample(
             &m,
