@@ -552,6 +552,32 @@ async fn an_instance_killed_leaves_the_fleet_within_the_lease_and_comes_back_cur
     let (_, s) = admin(&c.socket, "GET", "/v1/status", None).await;
     assert_eq!(s["generation"], json!(generation), "{s}");
     f.wait_members(&["a", "b", "c"], generation).await;
+
+    // A frozen instance (SIGSTOP: still in the fleet until its lease runs out, applying
+    // nothing) makes --wait-fleet give up: exit 1, naming it; the change itself is made.
+    let pid = c.child.id() as libc::pid_t;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "--json", "--socket"])
+        .arg(f.proxies[0].socket())
+        .args(["flip", "blue", "--wait-fleet", "500ms"])
+        .env_remove("SWITCHYARD_SOCKET")
+        .env_remove("SWITCHYARD_URL")
+        .env_remove("SWITCHYARD_TOKEN")
+        .output()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{answer}");
+    assert_eq!(answer["code"], "fleet_not_applied", "{answer}");
+    assert_eq!(
+        answer["stragglers"],
+        json!([format!("c (at generation {generation})")]),
+        "{answer}"
+    );
+    // Thawed, it catches up.
+    f.wait_members(&["a", "b", "c"], generation + 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -932,4 +958,23 @@ async fn a_restart_while_etcd_is_down_comes_up_on_the_last_applied_state() {
         (503, Some("state_backend_unavailable")),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_fleet_on_a_lone_proxy_says_it_is_not_a_fleet_and_the_change_stands() {
+    let (_blue, _green, proxy) = two_pools().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "--json", "--socket"])
+        .arg(proxy.socket())
+        .args(["flip", "green", "--wait-fleet", "1s"])
+        .env_remove("SWITCHYARD_SOCKET")
+        .env_remove("SWITCHYARD_URL")
+        .env_remove("SWITCHYARD_TOKEN")
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{answer}");
+    assert_eq!(answer["code"], "not_a_fleet", "{answer}");
+    let (_, s) = admin(&proxy.socket(), "GET", "/v1/status", None).await;
+    assert_eq!(s["primary"], "green", "{s}");
 }
