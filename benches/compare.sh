@@ -45,7 +45,7 @@
 #   RELOAD_INTERVAL_MS (200), UPGRADE_DURATION (40), UPGRADE_SEGMENTS (2), UPGRADE_INTERVAL (10 s).
 #   TLS_SUBJECTS ("switchyard nginx haproxy"), TLS_TESTS ("h1 h2 handshakes"), TLS_KEY (ec: ECDSA
 #   P-256, or rsa: RSA-2048; a self-signed certificate made with `openssl req`), H2_CONNS (10) and
-#   H2_STREAMS (10 concurrent streams each) for h2load, HS_CLIENTS (4 s_time processes at once).
+#   H2_STREAMS (10 concurrent streams each) for h2load, HS_CLIENTS (8 s_time processes at once).
 #   TLS=1 makes `profile` run over https (wrk, HTTP/1.1 keep-alive) with that certificate.
 # Defaults: compare ~6 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~10 min for `all`;
 # instructions ~2 min, reloads ~4 min, upgrades ~5 min; tls ~9 min (ROUNDS=3 DURATION=5: ~4 min).
@@ -79,7 +79,7 @@ TLS_TESTS=${TLS_TESTS:-"h1 h2 handshakes"}
 TLS_KEY=${TLS_KEY:-ec}
 H2_CONNS=${H2_CONNS:-10}
 H2_STREAMS=${H2_STREAMS:-10}
-HS_CLIENTS=${HS_CLIENTS:-4}
+HS_CLIENTS=${HS_CLIENTS:-8}
 # Set (to the certificate's directory) when the subjects listen with TLS: `tls` mode, or TLS=1.
 TLS_DIR=""
 # A command prefix for the pingora subjects (valgrind, in instructions mode).
@@ -456,13 +456,18 @@ start_bare_pingora() {
 # $4 (off, or on for a binary upgrade: nginx ignores USR2 while its parent is the one that
 # started it).
 nginx_proxy_conf() {
-	local port=$1 d=$2 up servers="" listen proto=http
+	local port=$1 d=$2 up servers="" listen proto=http requests=1000
 	listen="listen 127.0.0.1:$port;"
 	for up in $3; do servers+="        server 127.0.0.1:$up;"$'\n'; done
 	# With TLS_DIR: HTTP/2 or HTTP/1.1 by ALPN, TLS 1.2 and 1.3 as switchyard; nginx's defaults
 	# otherwise (session tickets on, no shared session cache).
+	# nginx's keepalive_requests also caps HTTP/2 connections (GOAWAY after that many streams, which
+	# h2load does not reconnect from); neither switchyard's nor HAProxy's HTTP/2 has a cap, so
+	# with TLS nginx has none either (its HTTP/1.1 connections then neither; switchyard's still
+	# reconnect every 1 000 requests, one full handshake each).
 	if [[ -n $TLS_DIR ]]; then
 		proto=https
+		requests=100000000
 		listen="listen 127.0.0.1:$port ssl http2;
         ssl_certificate $TLS_DIR/cert.pem;
         ssl_certificate_key $TLS_DIR/key.pem;
@@ -479,7 +484,7 @@ http {
     access_log off;
     # Client connections: nginx's default of 1 000 requests each, as switchyard (pingora's
     # keepalive_request_limit); the upstream connections below are kept for good.
-    keepalive_requests 1000;
+    keepalive_requests $requests;
     keepalive_timeout 300s;
     upstream app {
 $servers        keepalive 128;
