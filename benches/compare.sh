@@ -46,7 +46,8 @@
 #   TLS_SUBJECTS ("switchyard nginx haproxy"), TLS_TESTS ("h1 h2 handshakes"), TLS_KEY (ec: ECDSA
 #   P-256, or rsa: RSA-2048; a self-signed certificate made with `openssl req`), H2_CONNS (10) and
 #   H2_STREAMS (10 concurrent streams each) for h2load, HS_CLIENTS (8 s_time processes at once).
-#   TLS=1 makes `profile` run over https (wrk, HTTP/1.1 keep-alive) with that certificate.
+#   TLS=1 makes `profile` run over https (wrk, HTTP/1.1 keep-alive) with that certificate;
+#   PROFILE_H2=1 with it loads with h2load (HTTP/2) instead.
 # Defaults: compare ~6 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~10 min for `all`;
 # instructions ~2 min, reloads ~4 min, upgrades ~5 min; tls ~9 min (ROUNDS=3 DURATION=5: ~4 min).
 set -euo pipefail
@@ -153,27 +154,31 @@ ensure_perf() {
 	command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1
 }
 
+# True when this mode starts a bare-pingora subject (the bare_pingora example is then needed).
+needs_bare() {
+	local subjects
+	case $MODE in
+	compare | memory) subjects=$SUBJECTS ;;
+	profile) subjects=$PROFILE_SUBJECTS ;;
+	instructions) subjects=$INSTR_SUBJECTS ;;
+	all) subjects="$SUBJECTS $PROFILE_SUBJECTS" ;;
+	*) subjects="" ;; # flips, reloads, upgrades and tls: switchyard, nginx and HAProxy only
+	esac
+	[[ $subjects == *bare-pingora* ]]
+}
+
 build() {
-	# The tls mode has no bare-pingora subject (it has no TLS listener): switchyard alone.
-	if [[ $MODE == tls ]]; then
-		if [[ $SKIP_BUILD == 1 ]]; then
-			[[ -x $SWITCHYARD ]] || die "SKIP_BUILD=1 but $SWITCHYARD is missing"
-			log "reusing $SWITCHYARD (SKIP_BUILD=1)"
-			return
-		fi
-		log "building release switchyard (CARGO_TARGET_DIR=$TARGET_DIR)"
-		(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --bin switchyard >&2)
-		return
-	fi
+	local example=()
+	needs_bare && example=(--example bare_pingora)
 	if [[ $SKIP_BUILD == 1 ]]; then
-		[[ -x $SWITCHYARD && -x $BARE ]] || die "SKIP_BUILD=1 but $SWITCHYARD or $BARE is missing"
-		log "reusing $SWITCHYARD and $BARE (SKIP_BUILD=1)"
+		[[ -x $SWITCHYARD ]] || die "SKIP_BUILD=1 but $SWITCHYARD is missing"
+		[[ ${#example[@]} -eq 0 || -x $BARE ]] || die "SKIP_BUILD=1 but $BARE is missing"
+		log "reusing $SWITCHYARD${example:+ and $BARE} (SKIP_BUILD=1)"
 		return
 	fi
 	# cargo is a no-op when the binaries are up to date, so this also "reuses".
-	log "building release switchyard and the bare_pingora example (CARGO_TARGET_DIR=$TARGET_DIR)"
-	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --bin switchyard \
-		--example bare_pingora >&2)
+	log "building release switchyard${example:+ and the bare_pingora example} (CARGO_TARGET_DIR=$TARGET_DIR)"
+	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --bin switchyard "${example[@]}" >&2)
 }
 
 # --- processes ---------------------------------------------------------------------------------
@@ -1439,13 +1444,18 @@ mode_profile() {
 # and context switches per request; keeps the perf data and the request count in
 # $PROFILE_DIR/<subject>.{perf.data,requests} for profile_side_by_side.
 profile_one() {
-	local subject=$1 dir=${PROFILE_DIR:-$WORK/profile} wpid data stat_secs=3
+	local subject=$1 dir=${PROFILE_DIR:-$WORK/profile} wpid data stat_secs=3 tool=wrk load
 	mkdir -p "$dir"
 	data=$dir/$subject.perf.data
 	start_subject "$subject"
-	log "profiling $subject (pid $SUBJECT_PID) for ${PROFILE_SECONDS}s under wrk -c$CONNS, 128 B body, $(scheme)"
-	taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d$((PROFILE_SECONDS + stat_secs + 3))s \
-		"$(scheme)://127.0.0.1:$SUBJECT_PORT/small" >"$WORK/wrk-profile.out" 2>&1 &
+	load="wrk -t1 -c$CONNS"
+	if [[ ${PROFILE_H2:-0} == 1 ]]; then
+		[[ -n $TLS_DIR ]] || die "PROFILE_H2=1 needs TLS=1 (HTTP/2 by ALPN)"
+		tool=h2load load="h2load -t1 -c$H2_CONNS -m$H2_STREAMS"
+	fi
+	log "profiling $subject (pid $SUBJECT_PID) for ${PROFILE_SECONDS}s under $load, 128 B body, $(scheme)"
+	"run_$tool" "$(scheme)://127.0.0.1:$SUBJECT_PORT/small" $((PROFILE_SECONDS + stat_secs + 3)) \
+		"$WORK/wrk-profile.out" &
 	wpid=$!
 	PIDS+=("$wpid")
 	sleep 1
@@ -1460,11 +1470,10 @@ profile_one() {
 	wait "$wpid" || true
 	forget "$wpid"
 	stop "$SUBJECT_PID"
-	# wrk's mean rate over its whole run stands for the rate while perf watched.
-	awk -v p="$PROFILE_SECONDS" '/Requests\/sec:/ { printf "%d\n", $2 * p }' "$WORK/wrk-profile.out" \
-		>"$dir/$subject.requests"
+	# The load's mean rate over its whole run stands for the rate while perf watched.
 	local rps syscalls switches
-	rps=$(awk '/Requests\/sec:/ { print $2 }' "$WORK/wrk-profile.out")
+	rps=$(parse_load "$tool" "$WORK/wrk-profile.out" 1 | awk '{ print $1 }')
+	awk -v r="$rps" -v p="$PROFILE_SECONDS" 'BEGIN { printf "%d\n", r * p }' >"$dir/$subject.requests"
 	syscalls=$(awk -F, -v r="$rps" -v t="$stat_secs" '$3 == "raw_syscalls:sys_enter" { printf "%.2f", $1 / (r * t) }' "$WORK/stat.csv" 2>/dev/null)
 	switches=$(awk -F, -v r="$rps" -v t="$stat_secs" '$3 == "context-switches" { printf "%.3f", $1 / (r * t) }' "$WORK/stat.csv" 2>/dev/null)
 	printf '%s\t%s\n' "${syscalls:--}" "${switches:--}" >"$dir/$subject.calls"
@@ -1472,7 +1481,7 @@ profile_one() {
 
 	echo "## Profile: $subject under load"
 	echo
-	echo "- perf record -F 999 --call-graph dwarf -p <$subject> for ${PROFILE_SECONDS} s, wrk -t1 -c$CONNS $(scheme)://…/small${TLS_DIR:+ ($(tls_key_name) certificate)}"
+	echo "- perf record -F 999 --call-graph dwarf -p <$subject> for ${PROFILE_SECONDS} s, $load $(scheme)://…/small${TLS_DIR:+ ($(tls_key_name) certificate)}"
 	echo "  (about $(cat "$dir/$subject.requests") requests in that time)"
 	echo "- then perf stat for ${stat_secs} s: ${syscalls:--} system calls and ${switches:--} context switches per request"
 	echo
