@@ -1608,7 +1608,7 @@ make_cert() {
 	*) die "TLS_KEY must be ec (ECDSA P-256) or rsa (RSA-2048), not '$TLS_KEY'" ;;
 	esac
 	mkdir -p "$d"
-	openssl req -x509 "${key_args[@]}" -nodes -days 7 -subj /CN=localhost \
+	openssl req -x509 "${key_args[@]}" -nodes -days 30 -subj /CN=localhost \
 		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
 		-keyout "$d/key.pem" -out "$d/cert.pem" 2>"$d/req.err" ||
 		die "openssl req failed: $(cat "$d/req.err")"
@@ -1713,7 +1713,7 @@ mode_tls() {
 					ratio = (n > 0 && n != "-") ? sprintf("%.2f", rps / n) : "-"
 					cratio = (nc > 0 && nc != "-") ? sprintf("%.2f", cpu / nc) : "-"
 					printf "| %s | %.0f | %.0f–%.0f | %s | %s | %.1f | %s | %.0f | %.0f %% | %.0f %% | %d |\n",
-						s, rps, lo, hi, ratio, lat, cpu, cratio, cpu > 0 ? 1e6 / cpu : 0, pct, c1, e
+						s, rps, lo, hi, ratio, lat, cpu, cratio, (cpu > 0 ? 1e6 / cpu : 0), pct, c1, e
 				}'
 		done
 		echo
