@@ -1460,8 +1460,10 @@ profile_one() {
 	PIDS+=("$wpid")
 	sleep 1
 	# DWARF call graphs: the release build has debug line info but no frame pointers. perf runs
-	# on the load core so that it does not take cycles from the proxy it measures.
-	taskset -c "$LOAD_CPU" perf record -q -F 999 --call-graph dwarf,16384 -p "$SUBJECT_PID" \
+	# on the load core so that it does not take cycles from the proxy it measures. Every process
+	# of the subject: nginx's master does no work, its worker does.
+	taskset -c "$LOAD_CPU" perf record -q -F 999 --call-graph dwarf,16384 \
+		-p "$(tree_pids "$SUBJECT_PID" | tr -s ' ' ',' | sed 's/^,//')" \
 		-o "$data" -- sleep "$PROFILE_SECONDS" >&2 2>&1
 	# Counted apart from the profile (the syscall tracepoint has a cost of its own).
 	taskset -c "$LOAD_CPU" perf stat -x, -e raw_syscalls:sys_enter,context-switches \
@@ -1728,7 +1730,7 @@ mode_tls() {
 }
 
 # Drops perf's comment lines, blank lines and column padding.
-strip() { grep -v -e '^#' -e '^$' | sed -E -e 's/([[:space:]]+-)+[[:space:]]*$//' -e 's/[[:space:]]+$//'; }
+strip() { { grep -v -e '^#' -e '^$' || true; } | sed -E -e 's/([[:space:]]+-)+[[:space:]]*$//' -e 's/[[:space:]]+$//'; }
 
 # --- main --------------------------------------------------------------------------------------
 
