@@ -104,7 +104,7 @@ die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
 
 case $MODE in
 compare | flips | reloads | upgrades | memory | profile | instructions | tls | all) ;;
--h | --help | help) sed -n '2,49p' "$0"; exit 0 ;;
+-h | --help | help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
 *) die "unknown mode '$MODE' (compare, flips, reloads, upgrades, memory, profile, instructions, tls or all)" ;;
 esac
 
