@@ -49,7 +49,7 @@
 #   TLS=1 makes `profile` run over https (wrk, HTTP/1.1 keep-alive) with that certificate;
 #   PROFILE_H2=1 with it loads with h2load (HTTP/2) instead.
 # Defaults: compare ~6 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~10 min for `all`;
-# instructions ~2 min, reloads ~4 min, upgrades ~5 min; tls ~9 min (ROUNDS=3 DURATION=5: ~4 min).
+# instructions ~2 min, reloads ~4 min, upgrades ~5 min; tls ~5 min (ROUNDS=3 DURATION=5: ~2.5 min).
 set -euo pipefail
 
 MODE=${1:-compare}
