@@ -12,6 +12,9 @@
 #   benches/compare.sh profile     perf profile of switchyard under load, its own symbols first
 #   benches/compare.sh instructions  user-space instructions per request under callgrind
 #                                  (deterministic where CPU time is noisy; pingora subjects only)
+#   benches/compare.sh tls         the same over TLS, one certificate for all: HTTP/1.1 keep-alive
+#                                  (wrk), HTTP/2 keep-alive (h2load) and full handshakes per second
+#                                  (openssl s_time -new, one request per connection)
 #   benches/compare.sh all         compare, flips, memory and profile, in that order
 #
 # Layout (2 cores): the proxy under test is pinned to core PROXY_CPU (0); wrk (1 thread, CONNS
@@ -40,8 +43,13 @@
 #   RELOAD_SUBJECTS / UPGRADE_SUBJECTS ("switchyard nginx haproxy"), RELOAD_DURATION (20 s of
 #   reloading per subject, and as much without), RELOAD_SEGMENTS (4 interleaved pairs),
 #   RELOAD_INTERVAL_MS (200), UPGRADE_DURATION (40), UPGRADE_SEGMENTS (2), UPGRADE_INTERVAL (10 s).
+#   TLS_SUBJECTS ("switchyard nginx haproxy"), TLS_TESTS ("h1 h2 handshakes"), TLS_KEY (ec: ECDSA
+#   P-256, or rsa: RSA-2048; a self-signed certificate made with `openssl req`), H2_CONNS (10) and
+#   H2_STREAMS (10 concurrent streams each) for h2load, HS_CLIENTS (8 s_time processes at once).
+#   TLS=1 makes `profile` run over https (wrk, HTTP/1.1 keep-alive) with that certificate;
+#   PROFILE_H2=1 with it loads with h2load (HTTP/2) instead.
 # Defaults: compare ~6 min, flips ~1.5 min, memory ~1 min, profile ~1 min: ~10 min for `all`;
-# instructions ~2 min, reloads ~4 min, upgrades ~5 min.
+# instructions ~2 min, reloads ~4 min, upgrades ~5 min; tls ~5 min (ROUNDS=3 DURATION=5: ~2.5 min).
 set -euo pipefail
 
 MODE=${1:-compare}
@@ -67,6 +75,14 @@ UPGRADE_SUBJECTS=${UPGRADE_SUBJECTS:-"switchyard nginx haproxy"}
 UPGRADE_DURATION=${UPGRADE_DURATION:-40}
 UPGRADE_SEGMENTS=${UPGRADE_SEGMENTS:-2}
 UPGRADE_INTERVAL=${UPGRADE_INTERVAL:-10}
+TLS_SUBJECTS=${TLS_SUBJECTS:-"switchyard nginx haproxy"}
+TLS_TESTS=${TLS_TESTS:-"h1 h2 handshakes"}
+TLS_KEY=${TLS_KEY:-ec}
+H2_CONNS=${H2_CONNS:-10}
+H2_STREAMS=${H2_STREAMS:-10}
+HS_CLIENTS=${HS_CLIENTS:-8}
+# Set (to the certificate's directory) when the subjects listen with TLS: `tls` mode, or TLS=1.
+TLS_DIR=""
 # A command prefix for the pingora subjects (valgrind, in instructions mode).
 RUN_UNDER=()
 PROFILE_DIR=${PROFILE_DIR:-}
@@ -87,9 +103,9 @@ log() { printf '[compare] %s\n' "$*" >&2; }
 die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
 
 case $MODE in
-compare | flips | reloads | upgrades | memory | profile | instructions | all) ;;
--h | --help | help) sed -n '2,40p' "$0"; exit 0 ;;
-*) die "unknown mode '$MODE' (compare, flips, reloads, upgrades, memory, profile, instructions or all)" ;;
+compare | flips | reloads | upgrades | memory | profile | instructions | tls | all) ;;
+-h | --help | help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d'; exit 0 ;;
+*) die "unknown mode '$MODE' (compare, flips, reloads, upgrades, memory, profile, instructions, tls or all)" ;;
 esac
 
 # --- tools -------------------------------------------------------------------------------------
@@ -98,6 +114,10 @@ esac
 ensure_tools() {
 	local -A pkg_of=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [curl]=curl [python3]=python3
 		[taskset]=util-linux [ps]=procps [getconf]=libc-bin)
+	if [[ $MODE == tls || ${TLS:-0} == 1 ]]; then
+		pkg_of[h2load]=nghttp2-client
+		pkg_of[openssl]=openssl
+	fi
 	local missing=() cmd
 	for cmd in "${!pkg_of[@]}"; do
 		command -v "$cmd" >/dev/null || missing+=("${pkg_of[$cmd]}")
@@ -134,16 +154,31 @@ ensure_perf() {
 	command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1
 }
 
+# True when this mode starts a bare-pingora subject (the bare_pingora example is then needed).
+needs_bare() {
+	local subjects
+	case $MODE in
+	compare | memory) subjects=$SUBJECTS ;;
+	profile) subjects=$PROFILE_SUBJECTS ;;
+	instructions) subjects=$INSTR_SUBJECTS ;;
+	all) subjects="$SUBJECTS $PROFILE_SUBJECTS" ;;
+	*) subjects="" ;; # flips, reloads, upgrades and tls: switchyard, nginx and HAProxy only
+	esac
+	[[ $subjects == *bare-pingora* ]]
+}
+
 build() {
+	local example=()
+	needs_bare && example=(--example bare_pingora)
 	if [[ $SKIP_BUILD == 1 ]]; then
-		[[ -x $SWITCHYARD && -x $BARE ]] || die "SKIP_BUILD=1 but $SWITCHYARD or $BARE is missing"
-		log "reusing $SWITCHYARD and $BARE (SKIP_BUILD=1)"
+		[[ -x $SWITCHYARD ]] || die "SKIP_BUILD=1 but $SWITCHYARD is missing"
+		[[ ${#example[@]} -eq 0 || -x $BARE ]] || die "SKIP_BUILD=1 but $BARE is missing"
+		log "reusing $SWITCHYARD${example:+ and $BARE} (SKIP_BUILD=1)"
 		return
 	fi
 	# cargo is a no-op when the binaries are up to date, so this also "reuses".
-	log "building release switchyard and the bare_pingora example (CARGO_TARGET_DIR=$TARGET_DIR)"
-	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --bin switchyard \
-		--example bare_pingora >&2)
+	log "building release switchyard${example:+ and the bare_pingora example} (CARGO_TARGET_DIR=$TARGET_DIR)"
+	(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --bin switchyard "${example[@]}" >&2)
 }
 
 # --- processes ---------------------------------------------------------------------------------
@@ -236,9 +271,11 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 
 # Waits until GET $1 answers 200 (a proxy is only "up" once its upstream answers through it).
 wait_200() {
-	local url=$1 name=$2 pid=$3 i code
+	local url=$1 name=$2 pid=$3 i code insecure=()
+	# The TLS modes' certificate is self-signed: readiness is about the answer, not the chain.
+	[[ $url == https://* ]] && insecure=(--insecure)
 	for ((i = 0; i < 300; i++)); do
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+		code=$(curl -s "${insecure[@]}" -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
 		[[ $code == 200 ]] && return 0
 		kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name exited during start-up"; }
 		sleep 0.1
@@ -355,10 +392,13 @@ EOF
 # One worker thread, like the others' one process/thread; health checks every SY_HEALTH_INTERVAL
 # (1 s: the pools are ready within ~2 s); no access log (the others log nothing either).
 switchyard_toml() {
-	local port=$1 mport=$2 d=$3 blue=$4 green_up=$5
+	local port=$1 mport=$2 d=$3 blue=$4 green_up=$5 listen
+	# With TLS_DIR: an https listener only, with the certificate every subject serves.
+	listen="http = [\"127.0.0.1:$port\"]"
+	[[ -n $TLS_DIR ]] && listen="http = []"$'\n'"https = [\"127.0.0.1:$port\"]"
 	cat <<EOF
 [listen]
-http = ["127.0.0.1:$port"]
+$listen
 [admin]
 socket = "$d/run/admin.sock"
 [metrics]
@@ -382,7 +422,13 @@ threads = 1
 [log]
 access = false
 EOF
+	if [[ -n $TLS_DIR ]]; then
+		printf '[[tls.certificate]]\ncert = "%s"\nkey = "%s"\n' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem"
+	fi
 }
+
+# http, or https while the subjects listen with TLS.
+scheme() { if [[ -n $TLS_DIR ]]; then echo https; else echo http; fi; }
 
 # $1: green's upstream port (default: UP_GREEN; a backend belongs to one pool); $2: the binary;
 # $3: the name (dir, log); $4: blue's backends (default: UP_BLUE alone; see switchyard_toml).
@@ -396,12 +442,13 @@ start_switchyard() {
 	RUST_LOG=warn start "$name" "$PROXY_CPU" "${RUN_UNDER[@]}" "$bin" serve -c "$d/switchyard.toml"
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
 	ADMIN_SOCKET=$d/run/admin.sock METRICS_PORT=$mport
-	wait_200 "http://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
+	wait_200 "$(scheme)://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
 }
 
 # $1: "tuned" for the ServerConf settings switchyard uses (see benches/bare_pingora.rs).
 start_bare_pingora() {
 	local port name=bare-pingora${1:+-$1}
+	[[ -z $TLS_DIR ]] || die "$name has no TLS listener; leave it out of the TLS subjects"
 	port=$(free_ports 1)
 	start "$name" "$PROXY_CPU" "${RUN_UNDER[@]}" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1 ${1:+"$1"}
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
@@ -414,8 +461,23 @@ start_bare_pingora() {
 # $4 (off, or on for a binary upgrade: nginx ignores USR2 while its parent is the one that
 # started it).
 nginx_proxy_conf() {
-	local port=$1 d=$2 up servers=""
+	local port=$1 d=$2 up servers="" listen proto=http requests=1000
+	listen="listen 127.0.0.1:$port;"
 	for up in $3; do servers+="        server 127.0.0.1:$up;"$'\n'; done
+	# With TLS_DIR: HTTP/2 or HTTP/1.1 by ALPN, TLS 1.2 and 1.3 as switchyard; nginx's defaults
+	# otherwise (session tickets on, no shared session cache).
+	# nginx's keepalive_requests also caps HTTP/2 connections (GOAWAY after that many streams, which
+	# h2load does not reconnect from); neither switchyard's nor HAProxy's HTTP/2 has a cap, so
+	# with TLS nginx has none either (its HTTP/1.1 connections then neither; switchyard's still
+	# reconnect every 1 000 requests, one full handshake each).
+	if [[ -n $TLS_DIR ]]; then
+		proto=https
+		requests=100000000
+		listen="listen 127.0.0.1:$port ssl http2;
+        ssl_certificate $TLS_DIR/cert.pem;
+        ssl_certificate_key $TLS_DIR/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;"
+	fi
 	cat <<EOF
 worker_processes 1;
 daemon ${4:-off};
@@ -427,7 +489,7 @@ http {
     access_log off;
     # Client connections: nginx's default of 1 000 requests each, as switchyard (pingora's
     # keepalive_request_limit); the upstream connections below are kept for good.
-    keepalive_requests 1000;
+    keepalive_requests $requests;
     keepalive_timeout 300s;
     upstream app {
 $servers        keepalive 128;
@@ -435,13 +497,13 @@ $servers        keepalive 128;
         keepalive_timeout 300s;
     }
     server {
-        listen 127.0.0.1:$port;
+        $listen
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto http;
+            proxy_set_header X-Forwarded-Proto $proto;
             add_header x-switchyard-pool blue;
         }
     }
@@ -469,13 +531,19 @@ start_nginx_proxy() {
 		SUBJECT_PID=$LAST_PID
 	fi
 	SUBJECT_PORT=$port
-	wait_200 "http://127.0.0.1:$port/small" nginx "$SUBJECT_PID"
+	wait_200 "$(scheme)://127.0.0.1:$port/small" nginx "$SUBJECT_PID"
 }
 
 # HAProxy's configuration for port $1 with upstream ports $2 (space-separated).
 haproxy_cfg() {
-	local port=$1 up servers="" n=0
+	local port=$1 up servers="" n=0 tls="" proto=http
 	for up in $2; do n=$((n + 1)); servers+="    server s$n 127.0.0.1:$up"$'\n'; done
+	# With TLS_DIR: the same certificate (cert and key in one file, as HAProxy reads it), HTTP/2
+	# or HTTP/1.1 by ALPN, TLS 1.2 and 1.3; HAProxy's defaults otherwise.
+	if [[ -n $TLS_DIR ]]; then
+		tls=" ssl crt $TLS_DIR/haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
+		proto=https
+	fi
 	cat <<EOF
 global
     nbthread 1
@@ -489,8 +557,8 @@ defaults
     option forwardfor
     http-reuse always
 frontend fe
-    bind 127.0.0.1:$port
-    http-request set-header X-Forwarded-Proto http
+    bind 127.0.0.1:$port$tls
+    http-request set-header X-Forwarded-Proto $proto
     http-response set-header x-switchyard-pool blue
     default_backend app
 backend app
@@ -511,7 +579,7 @@ start_haproxy() {
 	HAPROXY_DIR=$d
 	start haproxy "$PROXY_CPU" "$(command -v haproxy)" "${mw[@]}" -db -f "$d/haproxy.cfg"
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
-	wait_200 "http://127.0.0.1:$port/small" haproxy "$SUBJECT_PID"
+	wait_200 "$(scheme)://127.0.0.1:$port/small" haproxy "$SUBJECT_PID"
 }
 
 # Another build of switchyard as a subject, for A/B runs: SUBJECTS="switchyard switchyard:new"
@@ -544,38 +612,94 @@ run_wrk() {
 	taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$2"s --latency "$1" >"$3" 2>&1
 }
 
-# One loaded run; prints a TSV line:
-#   rps p50_us p99_us requests errors cpu_us_per_req proxy_core_pct core0_busy_pct core1_busy_pct
-# (errors = non-2xx/3xx responses + socket errors; core busy from /proc/stat, whoever used it).
-measure() {
-	local pid=$1 url=$2 secs=$3 out=$WORK/wrk.out
-	local t0 t1 c0a c0b c1a c1b ns0 ns1
-	c0a=$(core_jiffies "$PROXY_CPU") c1a=$(core_jiffies "$LOAD_CPU")
-	t0=$(cpu_ticks "$pid") ns0=$(date +%s%N)
-	run_wrk "$url" "$secs" "$out"
-	t1=$(cpu_ticks "$pid") ns1=$(date +%s%N)
-	c0b=$(core_jiffies "$PROXY_CPU") c1b=$(core_jiffies "$LOAD_CPU")
-	awk -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v ns=$((ns1 - ns0)) \
-		-v c0="$c0a $c0b" -v c1="$c1a $c1b" '
+# Runs h2load against $1 for $2 s (pinned to LOAD_CPU; H2_CONNS connections, H2_STREAMS
+# concurrent streams each; h2 by ALPN), output in $3.
+run_h2load() {
+	taskset -c "$LOAD_CPU" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$2" "$1" >"$3" 2>&1
+}
+
+# Runs HS_CLIENTS `openssl s_time -new` at once against the host:port of URL $1 for $2 s (pinned
+# to LOAD_CPU), output in $3: each connection is a full handshake (no session reused) and one
+# `GET <path> HTTP/1.0`, read until the proxy closes.
+run_s_time() {
+	local hostport=${1#https://} path i pids=()
+	path=/${hostport#*/} hostport=${hostport%%/*}
+	for ((i = 1; i <= HS_CLIENTS; i++)); do
+		taskset -c "$LOAD_CPU" openssl s_time -connect "$hostport" -new -www "$path" -time "$2" \
+			>"$3.$i" 2>&1 &
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do wait "$i" || true; done
+	cat "$3".* >"$3"
+	rm -f "$3".*
+}
+
+# Reads the load generator's output ($2) into "rps p50_us p99_us requests errors"; $1 is wrk,
+# h2load (p50/p99 are its mean/max: it has no percentiles) or s_time (rate = connections / $3 s;
+# p50/p99 are the mean time per connection; errors: clients without a summary, or whose
+# connections read fewer bytes than a response carries).
+parse_load() {
+	awk -v tool="$1" -v secs="$3" -v clients="$HS_CLIENTS" '
 		function us(v) {
 			if (v ~ /us$/) return v + 0
 			if (v ~ /ms$/) return v * 1000
 			if (v ~ /s$/) return v * 1000000
 			return v
 		}
-		function busy(s,   f) { split(s, f, " "); d = (f[3] - f[1]) + (f[4] - f[2]); return d ? 100 * (f[3] - f[1]) / d : 0 }
-		/Requests\/sec:/ { rps = $2 }
-		/ requests in / { reqs = $1 }
-		/^ +50% / { p50 = us($2) }
-		/^ +99% / { p99 = us($2) }
-		/Non-2xx or 3xx responses:/ { errs += $NF }
-		/Socket errors:/ { gsub(/,/, ""); errs += $4 + $6 + $8 + $10 }
+		# wrk
+		tool == "wrk" && /Requests\/sec:/ { rps = $2 }
+		tool == "wrk" && / requests in / { reqs = $1 }
+		tool == "wrk" && /^ +50% / { p50 = us($2) }
+		tool == "wrk" && /^ +99% / { p99 = us($2) }
+		tool == "wrk" && /Non-2xx or 3xx responses:/ { errs += $NF }
+		tool == "wrk" && /Socket errors:/ { gsub(/,/, ""); errs += $4 + $6 + $8 + $10 }
+		# h2load: "finished in 5.00s, 23456.40 req/s, ...", "requests: N total, N started,
+		# N done, N succeeded, N failed, N errored, N timeout", "status codes: N 2xx, N 3xx, ..."
+		tool == "h2load" && /^finished in/ { rps = $4 }
+		tool == "h2load" && /^requests:/ { reqs = $6; errs += $10 + $12 + $14 }
+		tool == "h2load" && /^status codes:/ { errs += $5 + $7 + $9 }
+		tool == "h2load" && /^time for request:/ { p50 = us($6); p99 = us($5) }
+		# s_time: "N connections in T real seconds, B bytes read per connection"
+		tool == "s_time" && / connections in .* real seconds/ {
+			reqs += $1; n++
+			if ($(NF - 4) < 128) errs += $1
+		}
 		END {
-			if (reqs == 0) { print "wrk made no request" > "/dev/stderr"; exit 1 }
+			if (tool == "s_time") {
+				errs += clients - n
+				rps = reqs / secs
+				p50 = p99 = reqs ? clients * secs * 1e6 / reqs : 0
+			}
+			if (reqs == 0) { print tool " made no request" > "/dev/stderr"; exit 1 }
+			printf "%s %s %s %d %d\n", rps, p50, p99, reqs, errs
+		}' "$2"
+}
+
+# One loaded run with wrk; see measure_with.
+measure() { measure_with wrk "$@"; }
+
+# One loaded run with load generator $1 (wrk, h2load or s_time) against process $2, URL $3, for
+# $4 s; prints a TSV line:
+#   rps p50_us p99_us requests errors cpu_us_per_req proxy_core_pct core0_busy_pct core1_busy_pct
+# (errors = failed responses + socket errors; core busy from /proc/stat, whoever used it).
+measure_with() {
+	local tool=$1 pid=$2 url=$3 secs=$4 out=$WORK/$1.out
+	local t0 t1 c0a c0b c1a c1b ns0 ns1 load
+	c0a=$(core_jiffies "$PROXY_CPU") c1a=$(core_jiffies "$LOAD_CPU")
+	t0=$(cpu_ticks "$pid") ns0=$(date +%s%N)
+	"run_$tool" "$url" "$secs" "$out"
+	t1=$(cpu_ticks "$pid") ns1=$(date +%s%N)
+	c0b=$(core_jiffies "$PROXY_CPU") c1b=$(core_jiffies "$LOAD_CPU")
+	load=$(parse_load "$tool" "$out" "$secs") || { cat "$out" >&2; die "could not read $tool's output"; }
+	awk -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v ns=$((ns1 - ns0)) \
+		-v c0="$c0a $c0b" -v c1="$c1a $c1b" -v load="$load" '
+		function busy(s,   f) { split(s, f, " "); d = (f[3] - f[1]) + (f[4] - f[2]); return d ? 100 * (f[3] - f[1]) / d : 0 }
+		BEGIN {
+			split(load, l, " ")
 			cpu_s = ticks / hz
-			printf "%.0f\t%.0f\t%.0f\t%d\t%d\t%.2f\t%.0f\t%.0f\t%.0f\n", rps, p50, p99, reqs, errs,
-				cpu_s * 1e6 / reqs, 100 * cpu_s / (ns / 1e9), busy(c0), busy(c1)
-		}' "$out" || { cat "$out" >&2; die "could not read wrk's output"; }
+			printf "%.0f\t%.0f\t%.0f\t%d\t%d\t%.2f\t%.0f\t%.0f\t%.0f\n", l[1], l[2], l[3], l[4], l[5],
+				cpu_s * 1e6 / l[4], 100 * cpu_s / (ns / 1e9), busy(c0), busy(c1)
+		}'
 }
 
 # The first N lines of stdin. Unlike head, it reads to the end, so the writer never gets SIGPIPE
@@ -1320,19 +1444,26 @@ mode_profile() {
 # and context switches per request; keeps the perf data and the request count in
 # $PROFILE_DIR/<subject>.{perf.data,requests} for profile_side_by_side.
 profile_one() {
-	local subject=$1 dir=${PROFILE_DIR:-$WORK/profile} wpid data stat_secs=3
+	local subject=$1 dir=${PROFILE_DIR:-$WORK/profile} wpid data stat_secs=3 tool=wrk load
 	mkdir -p "$dir"
 	data=$dir/$subject.perf.data
 	start_subject "$subject"
-	log "profiling $subject (pid $SUBJECT_PID) for ${PROFILE_SECONDS}s under wrk -c$CONNS, 128 B body"
-	taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d$((PROFILE_SECONDS + stat_secs + 3))s \
-		"http://127.0.0.1:$SUBJECT_PORT/small" >"$WORK/wrk-profile.out" 2>&1 &
+	load="wrk -t1 -c$CONNS"
+	if [[ ${PROFILE_H2:-0} == 1 ]]; then
+		[[ -n $TLS_DIR ]] || die "PROFILE_H2=1 needs TLS=1 (HTTP/2 by ALPN)"
+		tool=h2load load="h2load -t1 -c$H2_CONNS -m$H2_STREAMS"
+	fi
+	log "profiling $subject (pid $SUBJECT_PID) for ${PROFILE_SECONDS}s under $load, 128 B body, $(scheme)"
+	"run_$tool" "$(scheme)://127.0.0.1:$SUBJECT_PORT/small" $((PROFILE_SECONDS + stat_secs + 3)) \
+		"$WORK/wrk-profile.out" &
 	wpid=$!
 	PIDS+=("$wpid")
 	sleep 1
 	# DWARF call graphs: the release build has debug line info but no frame pointers. perf runs
-	# on the load core so that it does not take cycles from the proxy it measures.
-	taskset -c "$LOAD_CPU" perf record -q -F 999 --call-graph dwarf,16384 -p "$SUBJECT_PID" \
+	# on the load core so that it does not take cycles from the proxy it measures. Every process
+	# of the subject: nginx's master does no work, its worker does.
+	taskset -c "$LOAD_CPU" perf record -q -F 999 --call-graph dwarf,16384 \
+		-p "$(tree_pids "$SUBJECT_PID" | tr -s ' ' ',' | sed 's/^,//')" \
 		-o "$data" -- sleep "$PROFILE_SECONDS" >&2 2>&1
 	# Counted apart from the profile (the syscall tracepoint has a cost of its own).
 	taskset -c "$LOAD_CPU" perf stat -x, -e raw_syscalls:sys_enter,context-switches \
@@ -1341,11 +1472,10 @@ profile_one() {
 	wait "$wpid" || true
 	forget "$wpid"
 	stop "$SUBJECT_PID"
-	# wrk's mean rate over its whole run stands for the rate while perf watched.
-	awk -v p="$PROFILE_SECONDS" '/Requests\/sec:/ { printf "%d\n", $2 * p }' "$WORK/wrk-profile.out" \
-		>"$dir/$subject.requests"
+	# The load's mean rate over its whole run stands for the rate while perf watched.
 	local rps syscalls switches
-	rps=$(awk '/Requests\/sec:/ { print $2 }' "$WORK/wrk-profile.out")
+	rps=$(parse_load "$tool" "$WORK/wrk-profile.out" 1 | awk '{ print $1 }')
+	awk -v r="$rps" -v p="$PROFILE_SECONDS" 'BEGIN { printf "%d\n", r * p }' >"$dir/$subject.requests"
 	syscalls=$(awk -F, -v r="$rps" -v t="$stat_secs" '$3 == "raw_syscalls:sys_enter" { printf "%.2f", $1 / (r * t) }' "$WORK/stat.csv" 2>/dev/null)
 	switches=$(awk -F, -v r="$rps" -v t="$stat_secs" '$3 == "context-switches" { printf "%.3f", $1 / (r * t) }' "$WORK/stat.csv" 2>/dev/null)
 	printf '%s\t%s\n' "${syscalls:--}" "${switches:--}" >"$dir/$subject.calls"
@@ -1353,7 +1483,7 @@ profile_one() {
 
 	echo "## Profile: $subject under load"
 	echo
-	echo "- perf record -F 999 --call-graph dwarf -p <$subject> for ${PROFILE_SECONDS} s, wrk -t1 -c$CONNS /small"
+	echo "- perf record -F 999 --call-graph dwarf -p <$subject> for ${PROFILE_SECONDS} s, $load $(scheme)://…/small${TLS_DIR:+ ($(tls_key_name) certificate)}"
 	echo "  (about $(cat "$dir/$subject.requests") requests in that time)"
 	echo "- then perf stat for ${stat_secs} s: ${syscalls:--} system calls and ${switches:--} context switches per request"
 	echo
@@ -1465,14 +1595,152 @@ mode_instructions() {
 	echo
 }
 
+# --- TLS ---------------------------------------------------------------------------------------
+
+tls_key_name() { if [[ $TLS_KEY == rsa ]]; then echo RSA-2048; else echo "ECDSA P-256"; fi; }
+
+# One self-signed certificate (TLS_KEY) for localhost and 127.0.0.1 that every subject serves:
+# cert.pem and key.pem, and haproxy.pem with both (HAProxy reads them from one file). Sets TLS_DIR,
+# which makes the subjects listen with TLS.
+make_cert() {
+	local d=$WORK/tls key_args
+	case $TLS_KEY in
+	ec) key_args=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+	rsa) key_args=(-newkey rsa:2048) ;;
+	*) die "TLS_KEY must be ec (ECDSA P-256) or rsa (RSA-2048), not '$TLS_KEY'" ;;
+	esac
+	mkdir -p "$d"
+	openssl req -x509 "${key_args[@]}" -nodes -days 30 -subj /CN=localhost \
+		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+		-keyout "$d/key.pem" -out "$d/cert.pem" 2>"$d/req.err" ||
+		die "openssl req failed: $(cat "$d/req.err")"
+	cat "$d/cert.pem" "$d/key.pem" >"$d/haproxy.pem"
+	chmod -R a+rX "$d"
+	TLS_DIR=$d
+	log "$(tls_key_name) certificate in $d"
+}
+
+# What a client offering h2 and http/1.1 gets from 127.0.0.1:$1: "TLSv1.3, <cipher>, <key
+# exchange>, ALPN <protocol>".
+negotiated() {
+	openssl s_client -connect "127.0.0.1:$1" -alpn h2,http/1.1 </dev/null 2>/dev/null | awk '
+		/^New, / { sub(/^New, /, ""); sub(/, Cipher is /, ", "); hs = $0 }
+		/^Server Temp Key:/ { sub(/^Server Temp Key: /, ""); kx = $0 }
+		/^ALPN protocol:/ { alpn = $3 }
+		END { printf "%s, %s, ALPN %s\n", hs, kx, alpn ? alpn : "none" }'
+}
+
+tls_test_label() {
+	case $1 in
+	h1) echo "HTTP/1.1 keep-alive (wrk -t1 -c$CONNS, 128 B body)" ;;
+	h2) echo "HTTP/2 (h2load -t1 -c$H2_CONNS -m$H2_STREAMS, 128 B body)" ;;
+	handshakes) echo "New connections: a full handshake and one request each ($HS_CLIENTS × openssl s_time -new -www /small)" ;;
+	esac
+}
+
+# Column $3 of tls.tsv for subject $1 and test $2.
+tls_col() { awk -F'\t' -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { print $c }' "$WORK/tls.tsv"; }
+
+mode_tls() {
+	local round subject test r tool
+	: >"$WORK/tls.tsv"
+	declare -A pid_of port_of proto_of
+	for subject in $TLS_SUBJECTS; do
+		start_subject "$subject"
+		pid_of[$subject]=$SUBJECT_PID port_of[$subject]=$SUBJECT_PORT
+		proto_of[$subject]=$(negotiated "$SUBJECT_PORT")
+		log "$subject negotiates ${proto_of[$subject]}"
+		run_wrk "https://127.0.0.1:$SUBJECT_PORT/small" "$WARMUP" "$WORK/warmup.out"
+	done
+	for ((round = 1; round <= ROUNDS; round++)); do
+		for subject in $TLS_SUBJECTS; do
+			for test in $TLS_TESTS; do
+				case $test in
+				h1) tool=wrk ;;
+				h2) tool=h2load ;;
+				handshakes) tool=s_time ;;
+				*) die "unknown TLS test '$test' (h1, h2 or handshakes)" ;;
+				esac
+				log "round $round/$ROUNDS: $subject, $test, ${DURATION}s"
+				r=$(measure_with "$tool" "${pid_of[$subject]}" "https://127.0.0.1:${port_of[$subject]}/small" "$DURATION")
+				printf '%s\t%s\t%s\t%s\n' "$subject" "$test" "$round" "$r" >>"$WORK/tls.tsv"
+				log "  $(cut -f1,4-6 <<<"$r" | awk -F'\t' '{ printf "%s req/s, %s requests, %s errors, %s us CPU/req", $1, $2, $3, $4 }')"
+			done
+		done
+	done
+	for subject in $TLS_SUBJECTS; do stop "${pid_of[$subject]}"; done
+
+	echo "## TLS: throughput and cost per request ($(tls_key_name) certificate)"
+	echo
+	machine
+	echo "- also: $(h2load --version 2>&1 | awk 'NR == 1 { print $1, $2 }'), $(openssl version | awk '{ print $1, $2 }') (s_time; nginx and HAProxy link it too), switchyard on rustls 0.23 with ring"
+	echo "- one self-signed $(tls_key_name) certificate (openssl req) served by all; TLS 1.2 and 1.3 allowed, ALPN h2 and http/1.1; each subject with its defaults otherwise (session tickets, ciphers)"
+	echo "- ${DURATION} s per run, $ROUNDS interleaved rounds (every subject and test once per round); proxy alone on core $PROXY_CPU (1 worker), load generator + upstream nginx (plain HTTP) on core $LOAD_CPU"
+	echo "- negotiated with \`openssl s_client -alpn h2,http/1.1\`:"
+	for subject in $TLS_SUBJECTS; do echo "  - $subject: ${proto_of[$subject]}"; done
+	echo
+	local nginx_rps nginx_cpu lat unit
+	for test in $TLS_TESTS; do
+		echo "### $(tls_test_label "$test") — median over $ROUNDS rounds"
+		echo
+		case $test in
+		h1) lat="p50 / p99" ;;
+		h2) lat="mean / max" ;;
+		handshakes) lat="mean per connection" ;;
+		esac
+		unit=req/s
+		[[ $test == handshakes ]] && unit=handshakes/s
+		# The load generator's core saturates first (TLS costs the client too), so the rate says
+		# more about the client than the proxy; "1 core" is what the proxy's CPU per request
+		# would allow on a core of its own (1 s / CPU per request).
+		echo "| subject | $unit | range | vs nginx | $lat | proxy CPU µs/req | CPU vs nginx | 1 core: $unit | proxy core busy | load core busy | errors |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		nginx_rps=$(tls_col nginx "$test" 4 | median)
+		nginx_cpu=$(tls_col nginx "$test" 9 | median)
+		for subject in $TLS_SUBJECTS; do
+			local rps lo hi p50 p99 cpu pct c1 errors latency
+			rps=$(tls_col "$subject" "$test" 4 | median)
+			lo=$(tls_col "$subject" "$test" 4 | sort -g | first 1)
+			hi=$(tls_col "$subject" "$test" 4 | sort -rg | first 1)
+			p50=$(tls_col "$subject" "$test" 5 | median)
+			p99=$(tls_col "$subject" "$test" 6 | median)
+			errors=$(tls_col "$subject" "$test" 8 | awk '{ s += $1 } END { print s + 0 }')
+			cpu=$(tls_col "$subject" "$test" 9 | median)
+			pct=$(tls_col "$subject" "$test" 10 | median)
+			c1=$(tls_col "$subject" "$test" 12 | median)
+			latency="$(fmt_us "$p50") / $(fmt_us "$p99")"
+			[[ $test == handshakes ]] && latency=$(fmt_us "$p50")
+			awk -v s="$subject" -v rps="$rps" -v lo="$lo" -v hi="$hi" -v n="$nginx_rps" -v nc="$nginx_cpu" \
+				-v lat="$latency" -v cpu="$cpu" -v pct="$pct" -v c1="$c1" -v e="$errors" 'BEGIN {
+					ratio = (n > 0 && n != "-") ? sprintf("%.2f", rps / n) : "-"
+					cratio = (nc > 0 && nc != "-") ? sprintf("%.2f", cpu / nc) : "-"
+					printf "| %s | %.0f | %.0f–%.0f | %s | %s | %.1f | %s | %.0f | %.0f %% | %.0f %% | %d |\n",
+						s, rps, lo, hi, ratio, lat, cpu, cratio, (cpu > 0 ? 1e6 / cpu : 0), pct, c1, e
+				}'
+		done
+		echo
+	done
+	echo "<details><summary>every run (subject, test, round, req/s, p50/mean µs, p99/max µs, requests, errors, CPU µs/req, proxy %, core $PROXY_CPU %, core $LOAD_CPU %)</summary>"
+	echo
+	echo '```'
+	cat "$WORK/tls.tsv"
+	echo '```'
+	echo "</details>"
+	echo
+}
+
 # Drops perf's comment lines, blank lines and column padding.
-strip() { grep -v -e '^#' -e '^$' | sed -E -e 's/([[:space:]]+-)+[[:space:]]*$//' -e 's/[[:space:]]+$//'; }
+strip() { { grep -v -e '^#' -e '^$' || true; } | sed -E -e 's/([[:space:]]+-)+[[:space:]]*$//' -e 's/[[:space:]]+$//'; }
 
 # --- main --------------------------------------------------------------------------------------
 
+if [[ ${TLS:-0} == 1 && $MODE != profile ]]; then
+	die "TLS=1 is for the profile mode; the tls mode measures the rest over TLS"
+fi
 ensure_tools
 build
 make_files
+[[ $MODE == tls || ${TLS:-0} == 1 ]] && make_cert
 start_upstream
 case $MODE in
 compare) mode_compare ;;
@@ -1482,6 +1750,7 @@ upgrades) mode_upgrades ;;
 memory) mode_memory ;;
 profile) mode_profile ;;
 instructions) mode_instructions ;;
+tls) mode_tls ;;
 all) mode_compare; mode_flips; mode_memory; mode_profile ;;
 esac
 log "done"
