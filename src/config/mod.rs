@@ -20,6 +20,7 @@
 
 mod raw;
 mod rehearse;
+mod state_backend;
 mod validate;
 
 #[cfg(test)]
