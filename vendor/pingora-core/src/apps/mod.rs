@@ -116,6 +116,15 @@ pub struct HttpServerOptions {
     ///
     /// Default: `false` (escape). [switchyard patch]
     pub h1_refuse_unparsable_request_line: bool,
+
+    /// HTTP/1: read request headers without keeping the original case of their field names,
+    /// so they are forwarded in pingora's canonical spelling (a few common standard names
+    /// title-cased, the rest lowercase). Parsing, editing and copying the header then cost
+    /// about half as much. The response side is the upstream peer's
+    /// [`PeerOptions::discard_h1_header_case`](crate::upstreams::peer::PeerOptions).
+    ///
+    /// Default: `false` (names keep their case). [switchyard patch]
+    pub h1_discard_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.

@@ -541,6 +541,14 @@ pub struct PeerOptions {
     /// **Note:** This field is unstable and may be removed or changed in future versions.
     /// It exists primarily for compatibility with legacy servers that send malformed headers.
     pub allow_h1_response_invalid_content_length: bool,
+    /// HTTP/1: read response headers from this peer without keeping the original case of
+    /// their field names, so they are written on in pingora's canonical spelling (a few common
+    /// standard names title-cased, the rest lowercase); parsing, editing and copying the header
+    /// then cost about half as much. The request side is
+    /// [`HttpServerOptions::h1_discard_header_case`](crate::apps::HttpServerOptions).
+    ///
+    /// Default: `false` (names keep their case). [switchyard patch]
+    pub discard_h1_header_case: bool,
     /// Controls automatically forwarded request headers sent to HTTP upstreams.
     pub http_upstream_request_policy: HttpUpstreamRequestPolicy,
     pub extra_proxy_headers: BTreeMap<String, Vec<u8>>,
@@ -600,6 +608,7 @@ impl PeerOptions {
             h2_stream_window_size: None,
             h2_connection_window_size: None,
             allow_h1_response_invalid_content_length: false,
+            discard_h1_header_case: false,
             http_upstream_request_policy: HttpUpstreamRequestPolicy::default(),
             extra_proxy_headers: BTreeMap::new(),
             curves: None,

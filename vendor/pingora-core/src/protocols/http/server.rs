@@ -549,7 +549,8 @@ impl Session {
     /// HTTP/1 request header limits: see
     /// [`HttpSession::set_header_timeout`](crate::protocols::http::v1::server::HttpSession::set_header_timeout),
     /// [`set_request_header_limits`](crate::protocols::http::v1::server::HttpSession::set_request_header_limits)
-    /// and [`set_escape_request_line`](crate::protocols::http::v1::server::HttpSession::set_escape_request_line).
+    /// [`set_escape_request_line`](crate::protocols::http::v1::server::HttpSession::set_escape_request_line)
+    /// and [`set_preserve_header_case`](crate::protocols::http::v1::server::HttpSession::set_preserve_header_case).
     /// A no-op for other session types. [switchyard patch]
     pub fn apply_h1_request_limits(&mut self, options: &crate::apps::HttpServerOptions) {
         if let Self::H1(s) = self {
@@ -561,6 +562,7 @@ impl Session {
                 s.set_request_header_limits(usize::MAX, fields);
             }
             s.set_escape_request_line(!options.h1_refuse_unparsable_request_line);
+            s.set_preserve_header_case(!options.h1_discard_header_case);
         }
     }
 

@@ -67,6 +67,9 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// Whether the response header keeps each field name's original case (the default) or
+    /// only its canonical name. [switchyard patch]
+    preserve_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +103,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            preserve_header_case: true,
         }
     }
 
@@ -110,6 +114,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.set_preserve_header_case(!options.discard_h1_header_case);
         }
         session
     }
@@ -284,13 +289,17 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
-                            Ok(header) => Box::new(header),
-                            Err(e) => return self.fail_response_header_read(e),
+                        // [switchyard patch] without the case map when asked
+                        let build = if self.preserve_header_case {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
                         };
+                        let mut response_header =
+                            match build(resp.code.unwrap(), Some(resp.headers.len())) {
+                                Ok(header) => Box::new(header),
+                                Err(e) => return self.fail_response_header_read(e),
+                            };
 
                         // TODO: enforce https://datatracker.ietf.org/doc/html/rfc9110#section-15.2
                         // "Since HTTP/1.0 did not define any 1xx status codes,
@@ -521,6 +530,15 @@ impl HttpSession {
 
     pub fn set_allow_h1_response_invalid_content_length(&mut self, allow: bool) {
         self.allow_h1_response_invalid_content_length = allow;
+    }
+
+    /// Whether the response header read next keeps the original case of its field names (the
+    /// default, `true`) or only their canonical names (`false`), which makes parsing
+    /// and every later edit and copy of the header about half as much work; see
+    /// [`PeerOptions::discard_h1_header_case`](crate::upstreams::peer::PeerOptions).
+    /// [switchyard patch]
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        self.preserve_header_case = preserve;
     }
 
     pub(super) fn get_headers_raw(&self) -> &[u8] {

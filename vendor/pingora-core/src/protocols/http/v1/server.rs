@@ -173,6 +173,9 @@ pub struct HttpSession {
     /// Whether a request line the parser rejects is percent-escaped and parsed again (the
     /// default, as before) or refused with `InvalidHTTPHeader`. [switchyard patch]
     escape_request_line: bool,
+    /// Whether the request header keeps each field name's original case (the default) for
+    /// writing it on again, or only its canonical name. [switchyard patch]
+    preserve_header_case: bool,
 }
 
 impl HttpSession {
@@ -225,6 +228,7 @@ impl HttpSession {
             max_header_size: MAX_HEADER_SIZE,
             max_headers: MAX_HEADERS,
             escape_request_line: true,
+            preserve_header_case: true,
         }
     }
 
@@ -253,6 +257,17 @@ impl HttpSession {
     /// along the way may disagree on it. [switchyard patch]
     pub fn set_escape_request_line(&mut self, escape: bool) {
         self.escape_request_line = escape;
+    }
+
+    /// Whether the request header read next keeps the original case of its field names (the
+    /// default, `true`) or only their canonical names (`false`). Keeping the case builds a
+    /// second map of the names beside the headers: with `false`, parsing and every later
+    /// insert, removal and copy of the header do about half the work, and a proxy that
+    /// forwards the header writes the names in pingora's canonical spelling (a few common
+    /// standard names title-cased, the rest lowercase), as it does for HTTP/2 requests. Field names are case-insensitive (RFC 9110 §5.1); an
+    /// application that compares them case-sensitively needs the default. [switchyard patch]
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        self.preserve_header_case = preserve;
     }
 
     async fn read_request_buf(
@@ -435,7 +450,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // [switchyard patch] without the case map when asked
+                        let build = if self.preserve_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
