@@ -15,7 +15,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Sticky, MAX_BP};
+use crate::config::{HeaderCase, Sticky, MAX_BP};
 use crate::faults::{FaultKind, Faults};
 use crate::forwarding;
 use crate::metrics::{Metrics, UpstreamErrorKind};
@@ -54,6 +54,9 @@ pub struct Proxy {
     /// `x-switchyard-pool` values, built once rather than per response (pool names never change
     /// without a restart).
     pool_header_values: [HeaderValue; 2],
+    /// `[server] header_case`: whether backends' HTTP/1 response headers keep their names' case
+    /// (the request side is the listeners' `h1_discard_header_case`, set in `server.rs`).
+    preserve_header_case: bool,
 }
 
 impl Proxy {
@@ -62,6 +65,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
         shadow: Arc<Shadow>,
+        header_case: HeaderCase,
     ) -> Proxy {
         let names = switchboard.pool_names();
         let value = |n: &str| HeaderValue::from_str(n).expect("pool names are valid header values");
@@ -71,6 +75,7 @@ impl Proxy {
             metrics,
             faults,
             shadow,
+            preserve_header_case: header_case.preserve(),
         }
     }
 }
@@ -580,6 +585,7 @@ impl ProxyHttp for Proxy {
         opts.read_timeout = Some(up.read_timeout);
         opts.write_timeout = Some(up.write_timeout);
         opts.idle_timeout = Some(up.idle_timeout);
+        opts.discard_h1_header_case = !self.preserve_header_case;
         Ok(Box::new(peer))
     }
 

@@ -176,6 +176,12 @@ impl Plan {
         );
         d.restart("state.backend", &old.state.backend, &new.state.backend);
         d.restart("server.threads", &old.server.threads, &new.server.threads);
+        // Both halves are set at start: the listeners' server options and the proxy's peers.
+        d.restart(
+            "server.header_case",
+            &old.server.header_case.as_str(),
+            &new.server.header_case.as_str(),
+        );
         // The chat listener, its secret and its users are taken at start (chatops.rs).
         let chat = |c: &Option<crate::config::ChatopsConfig>| match c {
             None => "off".to_string(),

@@ -302,7 +302,13 @@ impl Switchyard {
         let (phase_watch, handed_over) = PhaseWatch::new(server.watch_execution_phase());
         add_background(&mut server, "upgrade phase", phase_watch);
 
-        let proxy = Proxy::new(switchboard.clone(), metrics.clone(), faults, shadow.clone());
+        let proxy = Proxy::new(
+            switchboard.clone(),
+            metrics.clone(),
+            faults,
+            shadow.clone(),
+            config.server.header_case,
+        );
         let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
         {
             let mut options = pingora::apps::HttpServerOptions::default();
@@ -315,6 +321,9 @@ impl Switchyard {
             options.h1_max_header_bytes = Some(crate::proxy::MAX_HEADER_BYTES);
             options.h1_max_headers = Some(crate::proxy::MAX_HEADERS);
             options.h1_refuse_unparsable_request_line = true;
+            // `[server] header_case` (pingora patch 12): lowercase names unless asked to keep
+            // their case; the response side is set on each peer (`Proxy::upstream_peer`).
+            options.h1_discard_header_case = !config.server.header_case.preserve();
             // HTTP/2: by ALPN on the https listeners always; with prior knowledge on the plain
             // ones when `[listen] h2c` (an HTTP/1.1 client there still works: pingora looks for
             // the h2 preface first). An idle h2 connection is closed after a while, and

@@ -472,3 +472,109 @@ async fn pooled_connections_are_dropped_before_a_2s_keepalive_backend_closes_the
     distinct.dedup();
     assert_eq!(distinct.len(), 7, "connections used: {conns:?}");
 }
+
+/// A backend that records the head of every request but health checks, byte for byte, and
+/// answers each `200 ok` with a mixed-case header of its own, `X-Backend-Token: B`.
+async fn recording_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // Requests without a body: a head is all there is.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head: Vec<u8> = buf.drain(..head_end).collect();
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    if !head.starts_with("GET /healthz") {
+                        log.lock().unwrap().push(head);
+                    }
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend-Token: B\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// `[server] header_case`: what goes on the wire, both ways, in each mode. `lowercase` (the
+/// default; pingora patch 12) passes header names on in lowercase, switchyard's own too;
+/// `preserve` passes them on as the client and the backend wrote them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_name_case_on_the_wire_in_each_mode() {
+    let request =
+        b"GET /case HTTP/1.1\r\nHost: x\r\nX-Client-Token: A\r\nConnection: close\r\n\r\n";
+    for (setting, client_header, backend_header, forwarded_for) in [
+        (
+            "",
+            "\r\nx-client-token: A\r\n",
+            "\r\nx-backend-token: B\r\n",
+            "\r\nx-forwarded-for: 127.0.0.1\r\n",
+        ),
+        (
+            "[server]\nheader_case = \"lowercase\"\n\n",
+            "\r\nx-client-token: A\r\n",
+            "\r\nx-backend-token: B\r\n",
+            "\r\nx-forwarded-for: 127.0.0.1\r\n",
+        ),
+        (
+            "[server]\nheader_case = \"preserve\"\n\n",
+            "\r\nX-Client-Token: A\r\n",
+            "\r\nX-Backend-Token: B\r\n",
+            "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+        ),
+    ] {
+        let (backend, heads) = recording_backend().await;
+        let green = Upstream::start("green").await;
+        let proxy = Proxy::start(&format!(
+            "{setting}{}",
+            pools_toml(&[backend], &[green.addr])
+        ))
+        .await;
+        let answer = raw(proxy.addr, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{setting:?}: got {answer:?}"
+        );
+        assert!(
+            answer.contains(backend_header),
+            "{setting:?}: the client should get {backend_header:?} in {answer:?}"
+        );
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(
+            heads.len(),
+            1,
+            "{setting:?}: one request reached the backend: {heads:?}"
+        );
+        assert!(
+            heads[0].contains(client_header),
+            "{setting:?}: the backend should get {client_header:?} in {:?}",
+            heads[0]
+        );
+        assert!(
+            heads[0].contains(forwarded_for),
+            "{setting:?}: the backend should get {forwarded_for:?} in {:?}",
+            heads[0]
+        );
+    }
+}

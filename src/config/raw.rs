@@ -166,6 +166,7 @@ pub struct Shutdown {
 #[derive(Default)]
 pub struct Server {
     pub threads: Option<usize>,
+    pub header_case: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -348,6 +349,7 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
             threads: s
                 .uint(errs, "threads", "a whole number (0 = one per core)")
                 .map(Spanned::into_inner),
+            header_case: s.string(errs, "header_case", "\"lowercase\" or \"preserve\""),
         }),
         log: r.section(errs, "log", |s, errs| Log {
             access: s.bool(errs, "access"),

@@ -770,3 +770,26 @@ fn rehearsal_sections_default_safely_and_locate_their_errors() {
         .any(|l| l.contains("ignore_fields only applies")));
     assert!(lines.iter().any(|l| l.contains("speed")), "{lines:#?}");
 }
+
+#[test]
+fn header_case_defaults_to_lowercase_and_locates_a_bad_value() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.server.header_case, HeaderCase::Lowercase);
+    let c = Config::parse(
+        &format!("{MINIMAL}[server]\nheader_case = \"preserve\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.server.header_case, HeaderCase::Preserve);
+    let e = Config::parse(
+        &format!("{MINIMAL}[server]\nheader_case = \"Title\"\n"),
+        "t.toml",
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        e[0].to_string(),
+        "t.toml:7:15: [server] header_case `Title` is not one of \"lowercase\", \"preserve\""
+    );
+}

@@ -776,13 +776,31 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .and_then(|d| errs.duration(d, "shutdown grace_period"))
             .unwrap_or(defaults::GRACE_PERIOD),
     };
-    let threads = raw.server.and_then(|s| s.threads).unwrap_or(0);
+    let server_raw = raw.server.unwrap_or_default();
+    let threads = server_raw.threads.unwrap_or(0);
+    let header_case = match server_raw.header_case.as_ref() {
+        None => HeaderCase::default(),
+        Some(c) => match c.get_ref().as_str() {
+            "lowercase" => HeaderCase::Lowercase,
+            "preserve" => HeaderCase::Preserve,
+            other => {
+                errs.at(
+                    c,
+                    format!(
+                        "[server] header_case `{other}` is not one of \"lowercase\", \"preserve\""
+                    ),
+                );
+                HeaderCase::default()
+            }
+        },
+    };
     let server = ServerConfig {
         threads: if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             threads
         },
+        header_case,
     };
     let log_raw = raw.log.unwrap_or_default();
     let log = LogConfig {
