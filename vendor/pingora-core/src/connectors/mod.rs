@@ -110,6 +110,21 @@ pub struct ConnectorOptions {
     /// Optional callback for observing how long upstream connections stayed idle
     /// before leaving the keep-alive pool without reuse.
     pub keepalive_pool_callback: Option<PoolCallback>,
+    /// Check a pooled connection when it is taken for reuse, rather than watching it while it
+    /// is idle.
+    ///
+    /// By default every connection released to the pool gets a task of its own that waits for
+    /// the server to close it, for unexpected data or for its idle timeout, and takes it out
+    /// of the pool when one comes; on a busy keep-alive connection that is one task spawned,
+    /// polled and woken for every request. With this set, a released connection only records
+    /// when its idle timeout ends; when it is taken, one that has passed it is closed, one the
+    /// server closed (or that has unexpected data) is dropped, and the next pooled connection
+    /// for the peer is tried. The cost: a connection the server closed stays open on this side
+    /// (in CLOSE_WAIT) until it is taken or evicted by the pool's LRU, and
+    /// [`Self::keepalive_pool_callback`] is not called.
+    ///
+    /// Default: `false`. [switchyard patch]
+    pub idle_check_at_reuse: bool,
 }
 
 impl ConnectorOptions {
@@ -147,6 +162,7 @@ impl ConnectorOptions {
             bind_to_v4,
             bind_to_v6,
             keepalive_pool_callback: None,
+            idle_check_at_reuse: server_conf.upstream_keepalive_idle_check_at_reuse,
         }
     }
 
@@ -163,14 +179,23 @@ impl ConnectorOptions {
             bind_to_v4: vec![],
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
+            idle_check_at_reuse: false,
         }
     }
+}
+
+/// A connection in the keep-alive pool. [switchyard patch]
+struct PooledStream {
+    stream: Arc<Mutex<Stream>>,
+    /// When the connection's idle timeout ends, kept only when idle connections are checked at
+    /// reuse ([`ConnectorOptions::idle_check_at_reuse`]); otherwise the idle task enforces it.
+    idle_deadline: Option<Instant>,
 }
 
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<PooledStream>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -179,6 +204,8 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    /// [`ConnectorOptions::idle_check_at_reuse`]. [switchyard patch]
+    idle_check_at_reuse: bool,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -201,6 +228,7 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let idle_check_at_reuse = options.as_ref().is_some_and(|o| o.idle_check_at_reuse);
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -210,6 +238,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            idle_check_at_reuse,
         }
     }
 
@@ -249,7 +278,14 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
+        if self.idle_check_at_reuse {
+            return self.checked_pooled_stream(peer);
+        }
+        match self
+            .connection_pool
+            .get(&peer.reuse_hash())
+            .map(|p| p.stream)
+        {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
                 {
@@ -302,6 +338,41 @@ impl TransportConnector {
         }
     }
 
+    /// [`Self::reused_stream`] when idle connections are checked at reuse: the first pooled
+    /// connection for `peer` that is within its idle timeout, still open and silent; the ones
+    /// before it are closed. No idle task holds these, so the lock is free. [switchyard patch]
+    fn checked_pooled_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        let key = peer.reuse_hash();
+        while let Some(pooled) = self.connection_pool.get(&key) {
+            let Ok(stream) = Arc::try_unwrap(pooled.stream) else {
+                continue;
+            };
+            let mut stream = stream.into_inner();
+            if pooled.idle_deadline.is_some_and(|d| Instant::now() >= d) {
+                debug!("pooled connection idle past its timeout, closing it");
+                continue;
+            }
+            #[cfg(unix)]
+            let same_peer = peer.matches_fd(stream.id());
+            #[cfg(windows)]
+            let same_peer = {
+                use std::os::windows::io::{AsRawSocket, RawSocket};
+                struct WrappedRawSocket(RawSocket);
+                impl AsRawSocket for WrappedRawSocket {
+                    fn as_raw_socket(&self) -> RawSocket {
+                        self.0
+                    }
+                }
+                peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+            };
+            if same_peer && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+                return Some(stream);
+            }
+        }
+        debug!("No reusable connection found for {peer}");
+        None
+    }
+
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
     ///
     /// Not all TCP/TLS connections can be reused. It is the caller's responsibility to make sure
@@ -322,8 +393,22 @@ impl TransportConnector {
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
+        if self.idle_check_at_reuse {
+            // [switchyard patch] no idle task: the deadline is checked when the connection is
+            // taken (`checked_pooled_stream`), a close by the server then too.
+            let pooled = PooledStream {
+                stream,
+                idle_deadline: idle_timeout.map(|t| Instant::now() + t),
+            };
+            let _ = self.connection_pool.put(&meta, pooled);
+            return;
+        }
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
+        let pooled = PooledStream {
+            stream,
+            idle_deadline: None,
+        };
+        let (notify_close, watch_use) = self.connection_pool.put(&meta, pooled);
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
@@ -835,5 +920,49 @@ mod tests {
             1,
             "unexpected_data_connection_count should have incremented"
         );
+    }
+
+    /// [switchyard patch] `idle_check_at_reuse`: no idle task; at reuse a connection past its
+    /// idle deadline is closed, one the server closed is dropped and the next one is tried.
+    #[tokio::test]
+    async fn test_idle_check_at_reuse() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let peer = BasicPeer::new(&addr);
+        let mut options = ConnectorOptions::new(4);
+        options.idle_check_at_reuse = true;
+        let connector = TransportConnector::new(Some(options));
+
+        // Reused within its idle timeout.
+        let (stream, reused) = connector.get_stream(&peer).await.unwrap();
+        assert!(!reused);
+        let (_server1, _) = listener.accept().await.unwrap();
+        let id = stream.id();
+        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_secs(60)));
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(tasks, 0, "no idle task watches the pooled connection");
+        let stream = connector.reused_stream(&peer).await.expect("pooled");
+        assert_eq!(stream.id(), id);
+
+        // Past its idle timeout: closed at reuse, none left.
+        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_millis(1)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(connector.reused_stream(&peer).await.is_none());
+
+        // One closed by the server and one open: the open one is handed out.
+        let (closed, _) = connector.get_stream(&peer).await.unwrap();
+        let (server2, _) = listener.accept().await.unwrap();
+        let (open, _) = connector.get_stream(&peer).await.unwrap();
+        let (_server3, _) = listener.accept().await.unwrap();
+        let open_id = open.id();
+        connector.release_stream(closed, peer.reuse_hash(), None);
+        connector.release_stream(open, peer.reuse_hash(), None);
+        drop(server2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stream = connector.reused_stream(&peer).await.expect("the open one");
+        assert_eq!(stream.id(), open_id);
+        assert!(connector.reused_stream(&peer).await.is_none());
     }
 }
