@@ -445,12 +445,13 @@ start_switchyard() {
 	wait_200 "$(scheme)://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
 }
 
-# $1: "tuned" for the ServerConf settings switchyard uses (see benches/bare_pingora.rs).
+# $1: "tuned" for the ServerConf settings switchyard uses (see benches/bare_pingora.rs), or "";
+# $2: another build of the example (BARE_ALT), $3: the subject's name then.
 start_bare_pingora() {
-	local port name=bare-pingora${1:+-$1}
+	local port name=${3:-bare-pingora${1:+-$1}} bin=${2:-$BARE}
 	[[ -z $TLS_DIR ]] || die "$name has no TLS listener; leave it out of the TLS subjects"
 	port=$(free_ports 1)
-	start "$name" "$PROXY_CPU" "${RUN_UNDER[@]}" "$BARE" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1 ${1:+"$1"}
+	start "$name" "$PROXY_CPU" "${RUN_UNDER[@]}" "$bin" "127.0.0.1:$port" "127.0.0.1:$UP_BLUE" 1 ${1:+"$1"}
 	SUBJECT_PID=$LAST_PID SUBJECT_PORT=$port
 	wait_200 "http://127.0.0.1:$port/small" "$name" "$SUBJECT_PID"
 }
@@ -583,13 +584,21 @@ start_haproxy() {
 }
 
 # Another build of switchyard as a subject, for A/B runs: SUBJECTS="switchyard switchyard:new"
-# with SWITCHYARD_ALT="new=/path/to/switchyard".
+# with SWITCHYARD_ALT="new=/path/to/switchyard"; of the bare floor likewise, "bare-pingora:old"
+# with BARE_ALT="old=/path/to/bare_pingora".
 alt_binary() {
 	local entry
 	for entry in ${SWITCHYARD_ALT:-}; do
 		[[ ${entry%%=*} == "$1" ]] && { echo "${entry#*=}"; return; }
 	done
 	die "subject switchyard:$1 needs SWITCHYARD_ALT=\"$1=/path/to/switchyard\""
+}
+alt_bare() {
+	local entry
+	for entry in ${BARE_ALT:-}; do
+		[[ ${entry%%=*} == "$1" ]] && { echo "${entry#*=}"; return; }
+	done
+	die "subject bare-pingora:$1 needs BARE_ALT=\"$1=/path/to/bare_pingora\""
 }
 
 start_subject() {
@@ -598,6 +607,8 @@ start_subject() {
 	switchyard:*) start_switchyard "$UP_GREEN" "$(alt_binary "${1#switchyard:}")" "sy-${1#switchyard:}" ;;
 	bare-pingora) start_bare_pingora ;;
 	bare-pingora-tuned) start_bare_pingora tuned ;;
+	bare-pingora-patched) start_bare_pingora patched ;;
+	bare-pingora:*) start_bare_pingora "" "$(alt_bare "${1#bare-pingora:}")" "bare-${1#bare-pingora:}" ;;
 	nginx) start_nginx_proxy ;;
 	haproxy) start_haproxy ;;
 	*) die "unknown subject $1" ;;
@@ -1567,7 +1578,7 @@ mode_instructions() {
 	local subject pid reqs ir
 	echo "## Instructions per request (callgrind)"
 	echo
-	echo "- valgrind --tool=callgrind; counters zeroed after a 2 s warm-up, then wrk -t1 -c$CONNS /small for ${INSTR_SECONDS} s; user space only"
+	echo "- valgrind --tool=callgrind --instr-atstart=no; after a 2 s warm-up \`callgrind_control -i on\` and \`-z\`, then wrk -t1 -c$CONNS /small for ${INSTR_SECONDS} s; user space only"
 	echo
 	echo "| subject | requests | instructions per request | vs ${INSTR_SUBJECTS%% *} |"
 	echo "|---|---:|---:|---:|"
@@ -1575,11 +1586,14 @@ mode_instructions() {
 	for subject in $INSTR_SUBJECTS; do
 		[[ $subject == switchyard* || $subject == bare-pingora* ]] ||
 			die "instructions mode runs pingora subjects only, not $subject"
-		RUN_UNDER=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/$subject.cg.%p")
+		# Collection off until the warm-up is over: start-up, the first connections and the
+		# warm-up's requests are run but not counted (and run faster uninstrumented).
+		RUN_UNDER=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$WORK/$subject.cg.%p")
 		start_subject "$subject"
 		RUN_UNDER=()
 		pid=$SUBJECT_PID
 		run_wrk "http://127.0.0.1:$SUBJECT_PORT/small" 2 "$WORK/warmup.out"
+		callgrind_control -i on "$pid" >/dev/null
 		callgrind_control -z "$pid" >/dev/null
 		run_wrk "http://127.0.0.1:$SUBJECT_PORT/small" "$INSTR_SECONDS" "$WORK/wrk-instr.out"
 		callgrind_control -d "$pid" >/dev/null
