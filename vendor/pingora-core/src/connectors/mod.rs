@@ -353,7 +353,7 @@ impl TransportConnector {
                 continue;
             }
             #[cfg(unix)]
-            let same_peer = peer.matches_fd(stream.id());
+            let same_peer = pooled_stream_matches_peer(peer, &stream);
             #[cfg(windows)]
             let same_peer = {
                 use std::os::windows::io::{AsRawSocket, RawSocket};
@@ -557,6 +557,32 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// Whether a pooled TCP connection was made to `peer` (two peers' reuse hashes can collide),
+/// judged by the peer address its socket digest recorded: the kernel is asked once per
+/// connection rather than with a `getpeername` system call at every reuse, which on a
+/// keep-alive connection is once per request. A connection through a proxy, to a Unix socket
+/// or without a digest is checked on its fd as before. [switchyard patch]
+#[cfg(unix)]
+fn pooled_stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr;
+    let (None, SocketAddr::Inet(want), Some(digest)) =
+        (peer.get_proxy(), peer.address(), stream.get_socket_digest())
+    else {
+        return peer.matches_fd(stream.id());
+    };
+    if want.ip().is_unspecified() {
+        // as `check_fd_match`: 0.0.0.0 may be mapped to 127.0.0.1 by the system
+        return true;
+    }
+    match digest.peer_addr() {
+        Some(SocketAddr::Inet(got)) if got == want => true,
+        got => {
+            error!("Crit: pooled connection to {got:?} found for peer {want}");
+            false
+        }
+    }
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
@@ -964,5 +990,11 @@ mod tests {
         let stream = connector.reused_stream(&peer).await.expect("the open one");
         assert_eq!(stream.id(), open_id);
         assert!(connector.reused_stream(&peer).await.is_none());
+
+        // The peer check at reuse compares the connection's recorded address.
+        assert!(pooled_stream_matches_peer(&peer, &stream));
+        let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = BasicPeer::new(&other.local_addr().unwrap().to_string());
+        assert!(!pooled_stream_matches_peer(&other, &stream));
     }
 }
