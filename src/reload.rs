@@ -495,6 +495,20 @@ mod tests {
     }
 
     #[test]
+    fn header_case_needs_an_upgrade() {
+        let old = config("", "\"127.0.0.1:9001\"");
+        let new = config(
+            "[server]\nheader_case = \"preserve\"\n",
+            "\"127.0.0.1:9001\"",
+        );
+        let plan = plan(&old, &new);
+        let keys: Vec<&str> = plan.restart.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["server.header_case"]);
+        assert!(!restart_only("server.header_case"), "an upgrade applies it");
+        assert!(plan.settings.is_empty());
+    }
+
+    #[test]
     fn a_renamed_pool_needs_a_restart() {
         let old = config("", "\"127.0.0.1:9001\"");
         let text = "[pools.blue]\nbackends = [\"127.0.0.1:8001\"]\n[pools.teal]\nbackends = [\"127.0.0.1:9001\"]\n";
