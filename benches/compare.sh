@@ -309,6 +309,16 @@ cpu_ticks() {
 	echo "$total"
 }
 
+# user and sys clock ticks of a process tree, as "user sys".
+cpu_ticks_split() {
+	local u=0 k=0 p t
+	for p in $(tree_pids "$1"); do
+		t=$(awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$p/stat" 2>/dev/null) || t="0 0"
+		u=$((u + ${t%% *})) k=$((k + ${t##* }))
+	done
+	echo "$u $k"
+}
+
 # Resident memory (VmRSS, kB) of a process tree.
 rss_kb() {
 	local total=0 p r
@@ -695,13 +705,21 @@ measure() { measure_with wrk "$@"; }
 # (errors = failed responses + socket errors; core busy from /proc/stat, whoever used it).
 measure_with() {
 	local tool=$1 pid=$2 url=$3 secs=$4 out=$WORK/$1.out
-	local t0 t1 c0a c0b c1a c1b ns0 ns1 load
+	local t0 t1 c0a c0b c1a c1b ns0 ns1 load s0 s1
 	c0a=$(core_jiffies "$PROXY_CPU") c1a=$(core_jiffies "$LOAD_CPU")
+	s0=$(cpu_ticks_split "$pid")
 	t0=$(cpu_ticks "$pid") ns0=$(date +%s%N)
 	"run_$tool" "$url" "$secs" "$out"
 	t1=$(cpu_ticks "$pid") ns1=$(date +%s%N)
+	s1=$(cpu_ticks_split "$pid")
 	c0b=$(core_jiffies "$PROXY_CPU") c1b=$(core_jiffies "$LOAD_CPU")
 	load=$(parse_load "$tool" "$out" "$secs") || { cat "$out" >&2; die "could not read $tool's output"; }
+	# User and system µs per request, beside the TSV line (its columns are read by position).
+	awk -v a="$s0" -v b="$s1" -v hz="$CLK_TCK" -v load="$load" 'BEGIN {
+		split(a, x, " "); split(b, y, " "); split(load, l, " ")
+		n = l[4] > 0 ? l[4] : 1
+		printf "%.2f\t%.2f\n", (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n
+	}' >"$WORK/cpu_split.last"
 	awk -v ticks=$((t1 - t0)) -v hz="$CLK_TCK" -v ns=$((ns1 - ns0)) \
 		-v c0="$c0a $c0b" -v c1="$c1a $c1b" -v load="$load" '
 		function busy(s,   f) { split(s, f, " "); d = (f[3] - f[1]) + (f[4] - f[2]); return d ? 100 * (f[3] - f[1]) / d : 0 }
@@ -718,6 +736,15 @@ measure_with() {
 first() { awk -v n="$1" 'NR <= n'; }
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# Column $3 of cpu_split.tsv (4: user, 5: sys µs per request) for subject $1 and body $2.
+split_col() { awk -F'\t' -v s="$1" -v b="$2" -v c="$3" '$1 == s && $2 == b { print $c }' "$WORK/cpu_split.tsv"; }
+
+# Per round: subject $1's CPU per request over nginx's (body $2), when nginx ran that round.
+cpu_ratio_to_nginx() {
+	awk -F'\t' -v s="$1" -v b="$2" '$2 == b && $1 == "nginx" { n[$3] = $9 } $2 == b && $1 == s { c[$3] = $9 }
+		END { for (r in c) if (r in n && n[r] > 0) print c[r] / n[r] }' "$WORK/results.tsv"
+}
 
 # Column $3 of results.tsv for subject $1 and body $2.
 col() { awk -F'\t' -v s="$1" -v b="$2" -v c="$3" '$1 == s && $2 == b { print $c }' "$WORK/results.tsv"; }
@@ -736,6 +763,7 @@ machine() {
 mode_compare() {
 	local round subject body r
 	: >"$WORK/results.tsv"
+	: >"$WORK/cpu_split.tsv"
 	declare -A pid_of port_of
 	# Every subject stays up for the whole mode; only the one under load does any work, and CPU
 	# is counted per process, so the idle ones do not distort the figures.
@@ -751,6 +779,7 @@ mode_compare() {
 				log "round $round/$ROUNDS: $subject, $body body, ${DURATION}s"
 				r=$(measure "${pid_of[$subject]}" "http://127.0.0.1:${port_of[$subject]}/$body" "$DURATION")
 				printf '%s\t%s\t%s\t%s\n' "$subject" "$body" "$round" "$r" >>"$WORK/results.tsv"
+				printf '%s\t%s\t%s\t%s\n' "$subject" "$body" "$round" "$(cat "$WORK/cpu_split.last")" >>"$WORK/cpu_split.tsv"
 				log "  $(cut -f1-6 <<<"$r" | awk -F'\t' '{ printf "%s req/s, p50 %s us, p99 %s us, %s requests, %s errors, %s us CPU/req", $1, $2, $3, $4, $5, $6 }')"
 			done
 		done
@@ -767,11 +796,11 @@ mode_compare() {
 		[[ $body == small ]] && label="128 B body" || label="16 KiB body"
 		echo "### $label (median over $ROUNDS rounds)"
 		echo
-		echo "| subject | req/s | req/s range | vs nginx | p50 | p99 | proxy CPU µs/req | proxy core busy | wrk core busy | errors |"
-		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		echo "| subject | req/s | req/s range | vs nginx | p50 | p99 | proxy CPU µs/req | CPU vs nginx | user / sys µs/req | proxy core busy | wrk core busy | errors |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 		nginx_rps=$(col nginx "$body" 4 | median)
 		for subject in $SUBJECTS; do
-			local rps lo hi p50 p99 cpu pct c1
+			local rps lo hi p50 p99 cpu pct c1 user sys cpu_ratio
 			rps=$(col "$subject" "$body" 4 | median)
 			lo=$(col "$subject" "$body" 4 | sort -g | first 1)
 			hi=$(col "$subject" "$body" 4 | sort -rg | first 1)
@@ -781,12 +810,18 @@ mode_compare() {
 			cpu=$(col "$subject" "$body" 9 | median)
 			pct=$(col "$subject" "$body" 10 | median)
 			c1=$(col "$subject" "$body" 12 | median)
+			user=$(split_col "$subject" "$body" 4 | median)
+			sys=$(split_col "$subject" "$body" 5 | median)
+			# The CPU ratio to nginx in each round (they ran back to back), then its median:
+			# steadier on a noisy machine than the ratio of the two medians.
+			cpu_ratio=$(cpu_ratio_to_nginx "$subject" "$body" | median)
 			awk -v s="$subject" -v rps="$rps" -v lo="$lo" -v hi="$hi" -v n="$nginx_rps" \
 				-v p50="$(fmt_us "$p50")" -v p99="$(fmt_us "$p99")" -v cpu="$cpu" -v pct="$pct" \
-				-v c1="$c1" -v e="$errors" 'BEGIN {
+				-v c1="$c1" -v e="$errors" -v cr="$cpu_ratio" -v us="$user" -v ks="$sys" 'BEGIN {
 					ratio = (n > 0 && n != "-") ? sprintf("%.2f", rps / n) : "-"
-					printf "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %.1f | %.0f %% | %.0f %% | %d |\n",
-						s, rps, lo, hi, ratio, p50, p99, cpu, pct, c1, e
+					cratio = (cr == "-") ? "-" : sprintf("%.2f×", cr)
+					printf "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %.1f | %s | %.1f / %.1f | %.0f %% | %.0f %% | %d |\n",
+						s, rps, lo, hi, ratio, p50, p99, cpu, cratio, us, ks, pct, c1, e
 				}'
 		done
 		echo
@@ -795,6 +830,13 @@ mode_compare() {
 	echo
 	echo '```'
 	cat "$WORK/results.tsv"
+	echo '```'
+	echo "</details>"
+	echo
+	echo "<details><summary>user and system CPU µs per request, every run (subject, body, round, user, sys)</summary>"
+	echo
+	echo '```'
+	cat "$WORK/cpu_split.tsv"
 	echo '```'
 	echo "</details>"
 	echo
