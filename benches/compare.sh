@@ -1604,9 +1604,9 @@ profile_side_by_side() {
 	echo
 }
 
-# User-space instructions per request, counted by callgrind: start the subject under valgrind,
-# warm up, zero the counters, drive wrk for INSTR_SECONDS, dump, divide by the requests wrk
-# completed. Unlike CPU time this hardly moves with the machine's load (repeat runs agree within
+# User-space instructions per request, counted by callgrind: start the subject under valgrind
+# with collection off, warm up, switch collection on and zero the counters, drive wrk for
+# INSTR_SECONDS, dump, divide by the requests wrk completed. Unlike CPU time this hardly moves with the machine's load (repeat runs agree within
 # ~1 %), so it shows what a code change costs; kernel time (the same for every subject: equal
 # system calls and TCP segments per request) is not in it. Valgrind runs the subject ~20x slower.
 mode_instructions() {
