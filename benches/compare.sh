@@ -38,7 +38,9 @@
 #   PROXY_CPU (0), LOAD_CPU (1), SKIP_BUILD=1 (use the binaries already built), CARGO_TARGET_DIR
 #   (where they are built; default ./target), SWITCHYARD_REV (how to name the binaries' source in
 #   the report when they were not built from this tree), KEEP_WORK=1 (keep the temp dir),
-#   SWITCHYARD_ALT ("NAME=PATH ...": other switchyard builds, as subjects "switchyard:NAME").
+#   SWITCHYARD_ALT ("NAME=PATH ...": other switchyard builds, as subjects "switchyard:NAME"),
+#   BARE_ALT (the same for the bare_pingora example, as subjects "bare-pingora:NAME"); the subject
+#   bare-pingora-patched is the floor with the opt-in pingora patches on (patches/README.md).
 #   INSTR_SUBJECTS ("switchyard bare-pingora bare-pingora-tuned"), INSTR_SECONDS (10).
 #   RELOAD_SUBJECTS / UPGRADE_SUBJECTS ("switchyard nginx haproxy"), RELOAD_DURATION (20 s of
 #   reloading per subject, and as much without), RELOAD_SEGMENTS (4 interleaved pairs),
