@@ -182,6 +182,12 @@ impl Plan {
             &old.server.header_case.as_str(),
             &new.server.header_case.as_str(),
         );
+        // The connection pool is made at start (pingora's ServerConf).
+        d.restart(
+            "upstream.idle_close",
+            &old.upstream.idle_close.as_str(),
+            &new.upstream.idle_close.as_str(),
+        );
         // The chat listener, its secret and its users are taken at start (chatops.rs).
         let chat = |c: &Option<crate::config::ChatopsConfig>| match c {
             None => "off".to_string(),
@@ -495,16 +501,20 @@ mod tests {
     }
 
     #[test]
-    fn header_case_needs_an_upgrade() {
+    fn header_case_and_idle_close_need_an_upgrade() {
         let old = config("", "\"127.0.0.1:9001\"");
         let new = config(
-            "[server]\nheader_case = \"preserve\"\n",
+            "[server]\nheader_case = \"preserve\"\n[upstream]\nidle_close = \"on_timeout\"\n",
             "\"127.0.0.1:9001\"",
         );
         let plan = plan(&old, &new);
         let keys: Vec<&str> = plan.restart.iter().map(|s| s.key.as_str()).collect();
-        assert_eq!(keys, ["server.header_case"]);
+        assert_eq!(keys, ["server.header_case", "upstream.idle_close"]);
         assert!(!restart_only("server.header_case"), "an upgrade applies it");
+        assert!(
+            !restart_only("upstream.idle_close"),
+            "an upgrade applies it"
+        );
         assert!(plan.settings.is_empty());
     }
 

@@ -270,12 +270,13 @@ impl Switchyard {
             // its deadline (~1.9 k fewer instructions per request). Shorter ones stay on
             // pingora's timer.
             fast_timeout_to_tokio_threshold_seconds: Some(0),
-            // Pooled upstream connections are checked when taken for reuse (past the idle
-            // timeout: closed; closed by the backend: dropped, the next one tried) instead of
-            // each being watched by a task spawned when it is released, once per request on a
-            // keep-alive connection (pingora patch 13). A connection a backend closes then
-            // waits in CLOSE_WAIT until it is taken or evicted (at most the pool's size).
-            upstream_keepalive_idle_check_at_reuse: true,
+            // `[upstream] idle_close = "on_reuse"` (the default): pooled upstream connections
+            // are checked when taken for reuse (past the idle timeout: closed; closed by the
+            // backend: dropped, the next one tried) instead of each being watched by a task
+            // spawned when it is released, once per request on a keep-alive connection
+            // (pingora patch 13). See `config::IdleClose` for what that costs.
+            upstream_keepalive_idle_check_at_reuse: config.upstream.idle_close
+                == crate::config::IdleClose::OnReuse,
             ..ServerConf::default()
         };
         conf.daemon = false;

@@ -578,3 +578,96 @@ async fn header_name_case_on_the_wire_in_each_mode() {
         );
     }
 }
+
+/// A backend that answers every request `200 ok` on keep-alive connections and counts the
+/// connections it has seen opened and closed by the proxy.
+async fn counting_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opened = std::sync::Arc::new(AtomicUsize::new(0));
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let (o, c) = (opened.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let health = {
+                // Health checks come on their own connections: leave them out of the counts.
+                let mut peek = [0u8; 16];
+                let n = s.peek(&mut peek).await.unwrap_or(0);
+                peek[..n].starts_with(b"GET /healthz")
+            };
+            if !health {
+                o.fetch_add(1, Ordering::SeqCst);
+            }
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..i + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                if !health {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, opened, closed)
+}
+
+/// `[upstream] idle_close`: with `on_timeout` a pooled connection is closed once it has been
+/// idle for `idle_timeout`; with `on_reuse` (the default, pingora patch 13) it stays open until
+/// the pool looks at it again, is then closed rather than reused, and the request goes on a new
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_on_timeout_or_on_reuse() {
+    use std::sync::atomic::Ordering;
+    for mode in ["on_timeout", "on_reuse"] {
+        let (backend, opened, closed) = counting_backend().await;
+        let green = Upstream::start("green").await;
+        let proxy = Proxy::start(&format!(
+            "[health]\ninterval = \"60s\"\nrise = 1\nfall = 1\n\n\
+             [upstream]\nidle_timeout = \"300ms\"\nidle_close = \"{mode}\"\n\n{}",
+            pools_toml(&[backend], &[green.addr])
+        ))
+        .await;
+        let mut client = Client::connect(proxy.addr).await;
+        assert_eq!(client.get("/").await.unwrap().status, 200);
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "{mode}");
+        if mode == "on_timeout" {
+            wait_for(
+                "the idle connection closed",
+                Duration::from_secs(5),
+                || async { (closed.load(Ordering::SeqCst) == 1).then_some(()) },
+            )
+            .await;
+        } else {
+            // Well past the idle timeout, nothing has closed it...
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            assert_eq!(closed.load(Ordering::SeqCst), 0, "{mode}: still open");
+            // ...and the next request closes it instead of reusing it.
+            assert_eq!(client.get("/").await.unwrap().status, 200);
+            assert_eq!(opened.load(Ordering::SeqCst), 2, "{mode}: a new connection");
+            wait_for(
+                "the expired connection closed",
+                Duration::from_secs(5),
+                || async { (closed.load(Ordering::SeqCst) == 1).then_some(()) },
+            )
+            .await;
+        }
+    }
+}

@@ -133,6 +133,7 @@ pub struct Upstream {
     pub read_timeout: Option<Spanned<String>>,
     pub write_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub idle_close: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
@@ -308,6 +309,7 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
             read_timeout: s.string(errs, "read_timeout", DURATION),
             write_timeout: s.string(errs, "write_timeout", DURATION),
             idle_timeout: s.string(errs, "idle_timeout", DURATION),
+            idle_close: s.string(errs, "idle_close", "\"on_reuse\" or \"on_timeout\""),
         }),
         guard: r.section(errs, "guard", |s, errs| Guard {
             enabled: s.bool(errs, "enabled"),

@@ -238,7 +238,7 @@ fn an_unknown_key_far_from_any_valid_one_lists_the_section_s_keys() {
     assert_eq!(
         errs[0],
         "f.toml:7:1: unknown key `retries` in [upstream]; the keys are `connect_timeout`, \
-         `read_timeout`, `write_timeout`, `idle_timeout`"
+         `read_timeout`, `write_timeout`, `idle_timeout`, `idle_close`"
     );
     assert_eq!(
         errs[1],
@@ -791,5 +791,27 @@ fn header_case_defaults_to_lowercase_and_locates_a_bad_value() {
     assert_eq!(
         e[0].to_string(),
         "t.toml:7:15: [server] header_case `Title` is not one of \"lowercase\", \"preserve\""
+    );
+}
+
+#[test]
+fn idle_close_defaults_to_on_reuse_and_locates_a_bad_value() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.upstream.idle_close, IdleClose::OnReuse);
+    let c = Config::parse(
+        &format!("{MINIMAL}[upstream]\nidle_close = \"on_timeout\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.upstream.idle_close, IdleClose::OnTimeout);
+    let e = Config::parse(
+        &format!("{MINIMAL}[upstream]\nidle_close = \"never\"\n"),
+        "t.toml",
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        e.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        ["t.toml:7:14: [upstream] idle_close `never` is not one of \"on_reuse\", \"on_timeout\""]
     );
 }

@@ -653,6 +653,22 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .as_ref()
             .and_then(|d| errs.duration(d, "upstream idle_timeout"))
             .unwrap_or(defaults::IDLE_TIMEOUT),
+        idle_close: match u.idle_close.as_ref() {
+            None => IdleClose::default(),
+            Some(c) => match c.get_ref().as_str() {
+                "on_reuse" => IdleClose::OnReuse,
+                "on_timeout" => IdleClose::OnTimeout,
+                other => {
+                    errs.at(
+                        c,
+                        format!(
+                            "[upstream] idle_close `{other}` is not one of \"on_reuse\", \"on_timeout\""
+                        ),
+                    );
+                    IdleClose::default()
+                }
+            },
+        },
     };
 
     // [guard]
