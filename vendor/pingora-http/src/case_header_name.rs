@@ -38,6 +38,16 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The name as a [`HeaderName`] when it already is one (`Ok`), else itself back (`Err`).
+    /// Lets a header without a case map take the name as it is, rather than spelling it out
+    /// and parsing it back. [switchyard patch]
+    fn try_into_header_name(self) -> Result<HeaderName, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +72,19 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn try_into_header_name(self) -> Result<HeaderName, Self> {
+        Ok(self)
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn try_into_header_name(self) -> Result<HeaderName, Self> {
+        Ok(self.clone())
     }
 }
 

@@ -856,7 +856,18 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
+    // [switchyard patch] Without a case map a `HeaderName` is used as it is.
+    let name = match (name_map.is_none(), name.try_into_header_name()) {
+        (true, Ok(header_name)) => {
+            return value_map.try_append(header_name, value).or_err(
+                InvalidHTTPHeader,
+                "header value map size overflows MAX_SIZE",
+            );
+        }
+        (_, Ok(header_name)) => header_name.into_case_header_name(),
+        (_, Err(name)) => name.into_case_header_name(),
+    };
+    let case_header_name = name;
     let header_name: HeaderName = case_header_name
         .as_slice()
         .try_into()
@@ -885,7 +896,16 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
+    // [switchyard patch] Without a case map a `HeaderName` is used as it is.
+    let name = match (name_map.is_none(), name.try_into_header_name()) {
+        (true, Ok(header_name)) => {
+            value_map.insert(header_name, value);
+            return Ok(());
+        }
+        (_, Ok(header_name)) => header_name.into_case_header_name(),
+        (_, Err(name)) => name.into_case_header_name(),
+    };
+    let case_header_name = name;
     let header_name: HeaderName = case_header_name
         .as_slice()
         .try_into()
@@ -1925,5 +1945,34 @@ mod tests {
         // `HeaderValue`.
         let hv = header_value_from_raw(bytes::Bytes::from_static(b"foo\rbar\0baz"));
         assert_eq!(hv.as_bytes(), b"foo bar baz");
+    }
+
+    /// [switchyard patch] A `HeaderName` goes into a header without a case map as it is, and
+    /// into one with a case map spelled as before.
+    #[test]
+    fn header_name_inserts_with_and_without_case() {
+        let custom = HeaderName::from_static("x-forwarded-for");
+        for case in [false, true] {
+            let mut req = if case {
+                RequestHeader::build("GET", b"/", None).unwrap()
+            } else {
+                RequestHeader::build_no_case("GET", b"/", None).unwrap()
+            };
+            req.insert_header(&custom, "1").unwrap();
+            req.append_header(custom.clone(), "2").unwrap();
+            req.insert_header(http::header::DATE, "now").unwrap();
+            req.append_header(&http::header::CONNECTION, "close")
+                .unwrap();
+            let values: Vec<_> = req.headers.get_all(&custom).iter().collect();
+            assert_eq!(values, ["1", "2"]);
+            let mut wire = vec![];
+            req.header_to_h1_wire(&mut wire);
+            let wire = String::from_utf8(wire).unwrap();
+            // The same either way: a `HeaderName` has no case of its own, and pingora writes a
+            // few common standard names title-cased.
+            let want =
+                "x-forwarded-for: 1\r\nx-forwarded-for: 2\r\nDate: now\r\nConnection: close\r\n";
+            assert_eq!(wire, want, "case map: {case}");
+        }
     }
 }
