@@ -51,9 +51,15 @@ pub fn upstream_request(
             HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
         };
         if let Ok(xff) = value {
-            // The names go in as static bytes, spelled as they go on the wire: from a
-            // `HeaderName`, pingora would copy the name once more for its case map.
-            req.insert_header(bytes::Bytes::from_static(b"X-Forwarded-For"), xff)?;
+            if req.has_case() {
+                // `[server] header_case = "preserve"`: as static bytes, spelled as they go on
+                // the wire (from a `HeaderName` pingora would copy the name once more for its
+                // case map).
+                req.insert_header(bytes::Bytes::from_static(b"X-Forwarded-For"), xff)?;
+            } else {
+                // No case map: the `HeaderName` as it is, nothing parsed (pingora patch 17).
+                req.insert_header(&X_FORWARDED_FOR, xff)?;
+            }
         }
     }
     // Identical `Content-Length` lines (differing ones were refused before): one goes on, as
@@ -64,10 +70,12 @@ pub fn upstream_request(
         req.insert_header(http::header::CONTENT_LENGTH, first)?;
     }
     if !(trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
-        req.insert_header(
-            bytes::Bytes::from_static(b"X-Forwarded-Proto"),
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        )?;
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        if req.has_case() {
+            req.insert_header(bytes::Bytes::from_static(b"X-Forwarded-Proto"), proto)?;
+        } else {
+            req.insert_header(&X_FORWARDED_PROTO, proto)?;
+        }
     }
     Ok(())
 }
@@ -75,10 +83,14 @@ pub fn upstream_request(
 /// Names the pool that served the response (`x-switchyard-pool`); `pool` is the header value,
 /// built once per pool.
 pub fn mark_response(resp: &mut ResponseHeader, pool: &HeaderValue) -> Result<()> {
-    resp.insert_header(
-        bytes::Bytes::from_static(POOL_HEADER.as_bytes()),
-        pool.clone(),
-    )
+    if resp.has_case() {
+        resp.insert_header(
+            bytes::Bytes::from_static(POOL_HEADER.as_bytes()),
+            pool.clone(),
+        )
+    } else {
+        resp.insert_header(&POOL_HEADER_NAME, pool.clone())
+    }
 }
 
 /// An IP address in text, without `fmt`: IPv4 (every request from a v4 client) is written by
