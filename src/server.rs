@@ -328,8 +328,8 @@ impl Switchyard {
             options.h1_max_header_bytes = Some(crate::proxy::MAX_HEADER_BYTES);
             options.h1_max_headers = Some(crate::proxy::MAX_HEADERS);
             options.h1_refuse_unparsable_request_line = true;
-            // `[server] header_case` (pingora patch 12): lowercase names unless asked to keep
-            // their case; the response side is set on each peer (`Proxy::upstream_peer`).
+            // `[server] header_case` (pingora patch 12): names in pingora's canonical spelling
+            // unless asked to keep their case; the response side is set on each peer (`Proxy::upstream_peer`).
             options.h1_discard_header_case = !config.server.header_case.preserve();
             // HTTP/2: by ALPN on the https listeners always; with prior knowledge on the plain
             // ones when `[listen] h2c` (an HTTP/1.1 client there still works: pingora looks for

@@ -437,16 +437,19 @@ pub struct ServerConfig {
 /// `[server] header_case`: whether HTTP/1 header names keep the case the client (for requests)
 /// or the backend (for responses) wrote them in.
 ///
-/// `lowercase` (the default) reads headers without keeping the original case, so names are
-/// passed on lowercase, as HTTP/2 always does and as HAProxy and Envoy do by default. Names are
-/// case-insensitive (RFC 9110 §5.1), and keeping their case costs a second map of every header
-/// per request: about 8 k of the ~99 k instructions switchyard spends per proxied request
-/// (pingora patch 12, benches/RESULTS.md). `preserve` keeps it, as nginx does, for an
-/// application that (wrongly) compares names case-sensitively.
+/// `canonical` (the default) reads headers without keeping the original case, so names are
+/// passed on in one spelling whatever the sender wrote: a dozen common standard names
+/// title-cased as pingora writes them (`Host`, `Content-Type`, `Content-Length`, `Date`,
+/// `Connection`, `Server`, `Set-Cookie`, ...), every other name lowercase, much as HAProxy and
+/// Envoy normalise names by default (and HTTP/2 always does). Names are case-insensitive
+/// (RFC 9110 §5.1), and keeping their case costs a second map of every header per request:
+/// about 8.5 k of the ~99 k instructions switchyard spent per proxied request (pingora patch 12,
+/// benches/RESULTS.md). `preserve` keeps it, as nginx does, for an application that (wrongly)
+/// compares names case-sensitively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeaderCase {
     #[default]
-    Lowercase,
+    Canonical,
     Preserve,
 }
 
@@ -457,7 +460,7 @@ impl HeaderCase {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            HeaderCase::Lowercase => "lowercase",
+            HeaderCase::Canonical => "canonical",
             HeaderCase::Preserve => "preserve",
         }
     }

@@ -351,7 +351,7 @@ pub fn read(root: &toml_edit::Table, errs: &mut Errors<'_>) -> File {
             threads: s
                 .uint(errs, "threads", "a whole number (0 = one per core)")
                 .map(Spanned::into_inner),
-            header_case: s.string(errs, "header_case", "\"lowercase\" or \"preserve\""),
+            header_case: s.string(errs, "header_case", "\"canonical\" or \"preserve\""),
         }),
         log: r.section(errs, "log", |s, errs| Log {
             access: s.bool(errs, "access"),

@@ -772,9 +772,9 @@ fn rehearsal_sections_default_safely_and_locate_their_errors() {
 }
 
 #[test]
-fn header_case_defaults_to_lowercase_and_locates_a_bad_value() {
+fn header_case_defaults_to_canonical_and_locates_a_bad_value() {
     let c = Config::parse(MINIMAL, "t.toml").unwrap();
-    assert_eq!(c.server.header_case, HeaderCase::Lowercase);
+    assert_eq!(c.server.header_case, HeaderCase::Canonical);
     let c = Config::parse(
         &format!("{MINIMAL}[server]\nheader_case = \"preserve\"\n"),
         "t.toml",
@@ -790,7 +790,7 @@ fn header_case_defaults_to_lowercase_and_locates_a_bad_value() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(
         e[0].to_string(),
-        "t.toml:7:15: [server] header_case `Title` is not one of \"lowercase\", \"preserve\""
+        "t.toml:7:15: [server] header_case `Title` is not one of \"canonical\", \"preserve\""
     );
 }
 

@@ -797,13 +797,13 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     let header_case = match server_raw.header_case.as_ref() {
         None => HeaderCase::default(),
         Some(c) => match c.get_ref().as_str() {
-            "lowercase" => HeaderCase::Lowercase,
+            "canonical" => HeaderCase::Canonical,
             "preserve" => HeaderCase::Preserve,
             other => {
                 errs.at(
                     c,
                     format!(
-                        "[server] header_case `{other}` is not one of \"lowercase\", \"preserve\""
+                        "[server] header_case `{other}` is not one of \"canonical\", \"preserve\""
                     ),
                 );
                 HeaderCase::default()
