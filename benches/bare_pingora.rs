@@ -6,7 +6,7 @@
 //! 127.0.0.1:6188 127.0.0.1:8000 1`. With `tuned`, it runs with the two `ServerConf` settings
 //! switchyard chooses (no work stealing for one thread, timeouts on tokio's timer), so the
 //! comparison can show switchyard's own code apart from the settings. `patched` adds the opt-in
-//! settings of the carried pingora patches that switchyard turns on (vendor/README.md: headers
+//! settings of the carried pingora patches that switchyard turns on (patches/README.md: headers
 //! read without their names' case, idle upstream connections checked at reuse).
 
 use async_trait::async_trait;

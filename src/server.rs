@@ -84,7 +84,7 @@ pub enum StartError {
 /// connection lives, idle or not (1 000 idle keep-alive clients: 64 MiB in buffers alone), and
 /// it only adds a copy: pingora reads a request head into its own buffer (4 KiB, grown as
 /// needed) and a body into its body buffer (64 KiB, bypassing a smaller read buffer anyway).
-/// Without it (and with the keep-alive wait patch, vendor/README.md) an idle keep-alive client
+/// Without it (and with the keep-alive wait patch, patches/README.md) an idle keep-alive client
 /// costs ~9 KiB; with 16 KiB it cost ~39 KiB.
 const CLIENT_READ_BUFFER: usize = 0;
 /// pingora's default write buffer (one MSS).
@@ -321,7 +321,7 @@ impl Switchyard {
             let mut options = pingora::apps::HttpServerOptions::default();
             options.keepalive_request_limit = Some(KEEPALIVE_REQUESTS);
             // The request-head limits apply while the head is read, before any filter runs
-            // (pingora patches, vendor/README.md): a head trickled past the deadline gets 408,
+            // (pingora patches, patches/README.md): a head trickled past the deadline gets 408,
             // one too large or with too many fields 431, a request line with a space in the
             // target 400 (rather than being rewritten and forwarded).
             options.h1_header_timeout = Some(config.header_timeout);

@@ -286,7 +286,7 @@ async fn protocol_upgrades_pass_through() {
 
     // Many in a row: the tunnel used to close right after the 101 when pingora read the 101
     // before it had forwarded the end of the (empty) request body, about 1 upgrade in 20 on a
-    // loaded machine (vendor/README.md, patch 9).
+    // loaded machine (patches/README.md, patch 9).
     for round in 0..50 {
         let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         s.write_all(
