@@ -105,6 +105,36 @@ impl<'a> Errors<'a> {
         }
     }
 
+    /// A setting with a closed set of values: the one `s` names, the default when it is absent,
+    /// and when it names none of them an error listing them (and the default, so every other
+    /// error is still found).
+    pub(super) fn one_of<T: Copy + Default>(
+        &mut self,
+        s: Option<&Spanned<String>>,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(s) = s else {
+            return T::default();
+        };
+        if let Some((_, v)) = choices
+            .iter()
+            .find(|(name, _)| *name == s.get_ref().as_str())
+        {
+            return *v;
+        }
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.at(
+            s,
+            format!(
+                "{what} `{}` is not one of {}",
+                s.get_ref(),
+                names.join(", ")
+            ),
+        );
+        T::default()
+    }
+
     pub(super) fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
         match humantime::parse_duration(s.get_ref()) {
             Ok(d) if d > MAX_DURATION => {
@@ -653,22 +683,14 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
             .as_ref()
             .and_then(|d| errs.duration(d, "upstream idle_timeout"))
             .unwrap_or(defaults::IDLE_TIMEOUT),
-        idle_close: match u.idle_close.as_ref() {
-            None => IdleClose::default(),
-            Some(c) => match c.get_ref().as_str() {
-                "on_reuse" => IdleClose::OnReuse,
-                "on_timeout" => IdleClose::OnTimeout,
-                other => {
-                    errs.at(
-                        c,
-                        format!(
-                            "[upstream] idle_close `{other}` is not one of \"on_reuse\", \"on_timeout\""
-                        ),
-                    );
-                    IdleClose::default()
-                }
-            },
-        },
+        idle_close: errs.one_of(
+            u.idle_close.as_ref(),
+            "[upstream] idle_close",
+            &[
+                ("on_reuse", IdleClose::OnReuse),
+                ("on_timeout", IdleClose::OnTimeout),
+            ],
+        ),
     };
 
     // [guard]
@@ -794,22 +816,14 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     };
     let server_raw = raw.server.unwrap_or_default();
     let threads = server_raw.threads.unwrap_or(0);
-    let header_case = match server_raw.header_case.as_ref() {
-        None => HeaderCase::default(),
-        Some(c) => match c.get_ref().as_str() {
-            "canonical" => HeaderCase::Canonical,
-            "preserve" => HeaderCase::Preserve,
-            other => {
-                errs.at(
-                    c,
-                    format!(
-                        "[server] header_case `{other}` is not one of \"canonical\", \"preserve\""
-                    ),
-                );
-                HeaderCase::default()
-            }
-        },
-    };
+    let header_case = errs.one_of(
+        server_raw.header_case.as_ref(),
+        "[server] header_case",
+        &[
+            ("canonical", HeaderCase::Canonical),
+            ("preserve", HeaderCase::Preserve),
+        ],
+    );
     let server = ServerConfig {
         threads: if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -821,19 +835,11 @@ pub(super) fn validate(raw: raw::File, errs: &mut Errors<'_>) -> Option<Config> 
     let log_raw = raw.log.unwrap_or_default();
     let log = LogConfig {
         access: log_raw.access.unwrap_or(false),
-        format: match log_raw.format.as_ref().map(|f| f.get_ref().as_str()) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                if let Some(f) = &log_raw.format {
-                    errs.at(
-                        f,
-                        format!("[log] format `{other}` is not one of \"text\", \"json\""),
-                    );
-                }
-                LogFormat::Text
-            }
-        },
+        format: errs.one_of(
+            log_raw.format.as_ref(),
+            "[log] format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        ),
         timestamps: log_raw.timestamps.unwrap_or(true),
     };
     let d = raw.dns.unwrap_or_default();
