@@ -473,48 +473,73 @@ async fn pooled_connections_are_dropped_before_a_2s_keepalive_backend_closes_the
     assert_eq!(distinct.len(), 7, "connections used: {conns:?}");
 }
 
-/// A backend that records the head of every request but health checks, byte for byte, and
-/// answers each `200 ok` with a mixed-case header of its own, `X-Backend-Token: B`.
-async fn recording_backend() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    // Requests without a body: a head is all there is.
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
+/// A keep-alive backend that answers every request `200 ok` with a mixed-case header of its own
+/// (`X-Backend-Token: B`), and records, leaving out health checks (which come on their own
+/// connections), each request head byte for byte and how many connections it saw opened and
+/// closed.
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawBackend {
+    async fn start() -> RawBackend {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = RawBackend {
+            addr: listener.local_addr().unwrap(),
+            heads: Default::default(),
+            opened: Default::default(),
+            closed: Default::default(),
+        };
+        let (heads, opened, closed) = (
+            backend.heads.clone(),
+            backend.opened.clone(),
+            backend.closed.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut peek = [0u8; 16];
+                let n = s.peek(&mut peek).await.unwrap_or(0);
+                let health = peek[..n].starts_with(b"GET /healthz");
+                if !health {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                }
+                let (heads, closed) = (heads.clone(), closed.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    'conn: loop {
                         let mut chunk = [0u8; 4096];
                         match s.read(&mut chunk).await {
                             Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
+                            _ => break,
                         }
-                    };
-                    let head: Vec<u8> = buf.drain(..head_end).collect();
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    if !head.starts_with("GET /healthz") {
-                        log.lock().unwrap().push(head);
+                        // Requests without a body: a head is all there is.
+                        while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..i + 4).collect();
+                            if !health {
+                                heads
+                                    .lock()
+                                    .unwrap()
+                                    .push(String::from_utf8_lossy(&head).into_owned());
+                            }
+                            let answer =
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend-Token: B\r\n\r\nok";
+                            if s.write_all(answer).await.is_err() {
+                                break 'conn;
+                            }
+                        }
                     }
-                    let answer =
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend-Token: B\r\n\r\nok";
-                    if s.write_all(answer).await.is_err() {
-                        return;
+                    if !health {
+                        closed.fetch_add(1, Ordering::SeqCst);
                     }
-                }
-            });
-        }
-    });
-    (addr, heads)
+                });
+            }
+        });
+        backend
+    }
 }
 
 /// `[server] header_case`: what goes on the wire, both ways, in each mode. `canonical` (the
@@ -548,11 +573,11 @@ async fn header_name_case_on_the_wire_in_each_mode() {
             "\r\nX-Backend-Token: B\r\n",
         ),
     ] {
-        let (backend, heads) = recording_backend().await;
+        let backend = RawBackend::start().await;
         let green = Upstream::start("green").await;
         let proxy = Proxy::start(&format!(
             "{setting}{}",
-            pools_toml(&[backend], &[green.addr])
+            pools_toml(&[backend.addr], &[green.addr])
         ))
         .await;
         let answer = raw(proxy.addr, request).await;
@@ -564,7 +589,7 @@ async fn header_name_case_on_the_wire_in_each_mode() {
             answer.contains(to_client),
             "{setting:?}: the client should get {to_client:?} in {answer:?}"
         );
-        let heads = heads.lock().unwrap().clone();
+        let heads = backend.heads.lock().unwrap().clone();
         assert_eq!(
             heads.len(),
             1,
@@ -580,56 +605,6 @@ async fn header_name_case_on_the_wire_in_each_mode() {
     }
 }
 
-/// A backend that answers every request `200 ok` on keep-alive connections and counts the
-/// connections it has seen opened and closed by the proxy.
-async fn counting_backend() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let opened = std::sync::Arc::new(AtomicUsize::new(0));
-    let closed = std::sync::Arc::new(AtomicUsize::new(0));
-    let (o, c) = (opened.clone(), closed.clone());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let health = {
-                // Health checks come on their own connections: leave them out of the counts.
-                let mut peek = [0u8; 16];
-                let n = s.peek(&mut peek).await.unwrap_or(0);
-                peek[..n].starts_with(b"GET /healthz")
-            };
-            if !health {
-                o.fetch_add(1, Ordering::SeqCst);
-            }
-            let c = c.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    match s.read(&mut chunk).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => break,
-                    }
-                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..i + 4);
-                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if s.write_all(answer).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                if !health {
-                    c.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        }
-    });
-    (addr, opened, closed)
-}
-
 /// `[upstream] idle_close`: with `on_timeout` a pooled connection is closed once it has been
 /// idle for `idle_timeout`; with `on_reuse` (the default, pingora patch 13) it stays open until
 /// the pool looks at it again, is then closed rather than reused, and the request goes on a new
@@ -638,12 +613,13 @@ async fn counting_backend() -> (
 async fn idle_upstream_connections_close_on_timeout_or_on_reuse() {
     use std::sync::atomic::Ordering;
     for mode in ["on_timeout", "on_reuse"] {
-        let (backend, opened, closed) = counting_backend().await;
+        let backend = RawBackend::start().await;
+        let (opened, closed) = (&backend.opened, &backend.closed);
         let green = Upstream::start("green").await;
         let proxy = Proxy::start(&format!(
             "[health]\ninterval = \"60s\"\nrise = 1\nfall = 1\n\n\
              [upstream]\nidle_timeout = \"300ms\"\nidle_close = \"{mode}\"\n\n{}",
-            pools_toml(&[backend], &[green.addr])
+            pools_toml(&[backend.addr], &[green.addr])
         ))
         .await;
         let mut client = Client::connect(proxy.addr).await;
